@@ -1,0 +1,60 @@
+"""Models by name: resizers (resizer.py), backbones (one file per family), and their composition."""
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from resizer_jax.models.resizer import FixedResizer, LearnedResizer, METHODS, RESIZERS, get_resizer, resize
+from resizer_jax.models.resnet import ResNet
+
+# name -> constructor taking num_classes (and dtype). Widths/depths are the published ones.
+BACKBONES = {
+    "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck"),
+    "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic"),
+    # The CPU demo's backbone: 4 basic blocks, widths 16..128, a stem for inputs of 16-64 px.
+    "resnet_tiny": functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block="basic", width=16,
+                                     small_stem=True),
+}
+
+
+def get_backbone(name: str, num_classes: int = 1000, **kwargs) -> nn.Module:
+  if name not in BACKBONES:
+    raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(sorted(BACKBONES))}")
+  return BACKBONES[name](num_classes=num_classes, **kwargs)
+
+
+# Per-channel statistics of ImageNet, in [0, 255] units: inputs arrive as uint8-range pixels.
+MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def normalize(images, dtype=jnp.float32):
+  """uint8-range RGB pixels -> per-channel standardised floats, the space the resizer works in."""
+  return (images.astype(dtype) - jnp.asarray(MEAN_RGB, dtype)) / jnp.asarray(STDDEV_RGB, dtype)
+
+
+class ResizedModel(nn.Module):
+  """pixels -> normalize -> resizer -> backbone (with its head).
+
+  The resizer and the backbone are the submodules "resizer" and "backbone", so their variables are
+  the subtrees of those names (what warm starts and notebooks pick out).
+  """
+  resizer: nn.Module
+  backbone: nn.Module
+  dtype: Any = jnp.float32
+
+  def __call__(self, images, train: bool = False):
+    return self.backbone(self.resizer(normalize(images, self.dtype), train=train), train=train)
+
+
+def from_config(config) -> ResizedModel:
+  """The model described by `config.resizer`, `config.backbone` and `config.num_classes`."""
+  dtype = jnp.dtype(config.get("dtype", "float32"))
+  r = config.resizer
+  resizer_kwargs = dict(num_filters=r.num_filters, num_res_blocks=r.num_res_blocks,
+                        interpolation=r.interpolation, zero_init_tail=r.zero_init_tail, dtype=dtype)
+  resizer = get_resizer(r.name, output_size=r.get("output_size"), scale=r.get("scale"),
+                        antialias=r.antialias, **(resizer_kwargs if r.name == "learned" else {}))
+  backbone = get_backbone(config.backbone.name, num_classes=config.num_classes, dtype=dtype)
+  return ResizedModel(resizer=resizer, backbone=backbone, dtype=dtype)

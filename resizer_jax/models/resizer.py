@@ -1,0 +1,148 @@
+"""The learned resizer of Talebi & Milanfar (ICCV 2021, Fig. 3) and the fixed baselines it replaces.
+
+Every resizer is a Flax module called as ``module.apply(variables, images_nhwc, train=...)`` that maps
+images of any size to ``output_size`` (or to ``scale`` times the input size), down or up, any aspect
+ratio. The baselines have no parameters, so ``resizer=learned`` and ``resizer=bilinear`` differ in
+that and nothing else.
+"""
+from collections.abc import Sequence
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Interpolations of the fixed resizers. "area" is the box filter over each output pixel's footprint
+# (tf.image.resize "area"); it always integrates, so `antialias` does not change it.
+METHODS = ("bilinear", "bicubic", "lanczos3", "lanczos5", "nearest", "area")
+RESIZERS = ("learned",) + METHODS
+
+
+def check_method(method: str) -> str:
+  if method not in METHODS:
+    raise ValueError(f"unknown interpolation {method!r}; valid: {', '.join(METHODS)}")
+  return method
+
+
+def target_size(in_hw: Sequence[int], output_size=None, scale=None) -> tuple[int, int]:
+  """The output (height, width): `output_size` as given, or `scale` times the input size."""
+  if (output_size is None) == (scale is None):
+    raise ValueError(f"give exactly one of output_size or scale (got output_size={output_size}, "
+                     f"scale={scale})")
+  if output_size is not None:
+    hw = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+  else:
+    s = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
+    hw = tuple(int(round(d * f)) for d, f in zip(in_hw, s))
+  if len(hw) != 2 or min(hw) < 1:
+    raise ValueError(f"output size must be two positive integers (height, width), got {hw}")
+  return int(hw[0]), int(hw[1])
+
+
+def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) weights: the overlap of each input pixel with an output pixel's footprint."""
+  edges = np.arange(n_out + 1) * (n_in / n_out)
+  lo, hi = edges[:-1, None], edges[1:, None]
+  j = np.arange(n_in)[None, :]
+  overlap = np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0, None)
+  return (overlap / (hi - lo)).astype(np.float32)
+
+
+def resize(x: jax.Array, out_hw: Sequence[int], method: str, antialias: bool) -> jax.Array:
+  """Resizes NHWC images spatially; `antialias` must be stated because it changes the baseline."""
+  check_method(method)
+  h, w = out_hw
+  if method == "area":
+    mh = jnp.asarray(_area_matrix(x.shape[1], h), x.dtype)
+    mw = jnp.asarray(_area_matrix(x.shape[2], w), x.dtype)
+    return jnp.einsum("oh,pw,nhwc->nopc", mh, mw, x)
+  return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method=method, antialias=antialias)
+
+
+class FixedResizer(nn.Module):
+  """A parameter-free baseline resizer (bilinear, bicubic, ...)."""
+  output_size: Any = None
+  scale: Any = None
+  method: str = "bilinear"
+  antialias: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    return resize(x, target_size(x.shape[1:3], self.output_size, self.scale), self.method,
+                  self.antialias)
+
+
+class ResBlock(nn.Module):
+  """h + BN(Conv3x3(LeakyReLU(BN(Conv3x3(h)))))."""
+  num_filters: int
+  conv: Any
+  norm: Any
+
+  @nn.compact
+  def __call__(self, h):
+    y = self.norm()(self.conv(self.num_filters, (3, 3), use_bias=False)(h))
+    y = nn.leaky_relu(y, 0.2)
+    y = self.norm()(self.conv(self.num_filters, (3, 3), use_bias=False)(y))
+    return h + y
+
+
+class LearnedResizer(nn.Module):
+  """Fig. 3 of the paper.
+
+  Attributes:
+    output_size: (height, width) or an int for a square output; or None when `scale` is given.
+    scale: output size as a factor of the input size (a float or an (h, w) pair).
+    num_filters: n, the width of every hidden conv.
+    num_res_blocks: r.
+    interpolation: used both for the image skip and for resizing the features.
+    antialias: passed to every resize (jax antialiases downscales by default; tf does not).
+    zero_init_tail: zero-initialise the last 7x7 conv, so that a fresh resizer is exactly the
+      baseline resize and training departs from it.
+  """
+  output_size: Any = None
+  scale: Any = None
+  num_filters: int = 16
+  num_res_blocks: int = 1
+  interpolation: str = "bilinear"
+  antialias: bool = False
+  zero_init_tail: bool = False
+  bn_momentum: float = 0.9  # PyTorch's momentum=0.1, as in the public ports.
+  bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    check_method(self.interpolation)
+    out_hw = target_size(x.shape[1:3], self.output_size, self.scale)
+    x = x.astype(self.dtype)
+    n = self.num_filters
+    conv = functools.partial(nn.Conv, dtype=self.dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=self.bn_epsilon, dtype=self.dtype)
+    size = functools.partial(resize, out_hw=out_hw, method=self.interpolation,
+                             antialias=self.antialias)
+
+    skip = size(x)
+    h = nn.leaky_relu(conv(n, (7, 7), name="stem_conv7x7")(x), 0.2)
+    h = nn.leaky_relu(conv(n, (1, 1), name="stem_conv1x1")(h), 0.2)
+    b = size(norm(name="stem_bn")(h))
+    h = b
+    for i in range(self.num_res_blocks):
+      h = ResBlock(n, conv, norm, name=f"res_block{i}")(h)
+    h = norm(name="mid_bn")(conv(n, (3, 3), use_bias=False, name="mid_conv3x3")(h))
+    tail_init = nn.initializers.zeros if self.zero_init_tail else nn.linear.default_kernel_init
+    h = conv(3, (7, 7), kernel_init=tail_init, name="tail_conv7x7")(h + b)
+    return h + skip
+
+
+def get_resizer(name: str, *, output_size=None, scale=None, antialias: bool, **learned_kwargs):
+  """The resizer called `name` (see RESIZERS); `learned_kwargs` go to LearnedResizer only."""
+  if name == "learned":
+    return LearnedResizer(output_size=output_size, scale=scale, antialias=antialias,
+                          **learned_kwargs)
+  if name in METHODS:
+    return FixedResizer(output_size=output_size, scale=scale, method=name, antialias=antialias)
+  raise ValueError(f"unknown resizer {name!r}; valid: {', '.join(RESIZERS)}")

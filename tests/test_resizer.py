@@ -1,0 +1,109 @@
+"""The learned resizer of Fig. 3 and the fixed baselines."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resizer_jax import models
+from resizer_jax.models import resizer as resizer_lib
+
+
+def _count(tree, only_kernels=False):
+  return sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(tree)
+             if not only_kernels or path[-1].key == "kernel")
+
+
+# Table 2 of the paper: conv weights only (biases and BN excluded).
+TABLE_2 = {(16, 1): 11_872, (16, 2): 16_480, (16, 3): 21_088, (16, 4): 25_696,
+           (32, 1): 38_080, (32, 2): 56_512, (32, 3): 74_944, (32, 4): 93_376}
+
+
+@pytest.mark.parametrize("n,r", sorted(TABLE_2))
+def test_conv_weights_match_table_2(n, r):
+  module = models.LearnedResizer(output_size=(224, 224), num_filters=n, num_res_blocks=r)
+  variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 448, 448, 3)))
+  assert _count(variables["params"], only_kernels=True) == TABLE_2[(n, r)]
+
+
+def test_trainable_parameters_with_biases_and_bn():
+  module = models.LearnedResizer(output_size=(224, 224))
+  variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 448, 448, 3)))
+  assert _count(variables["params"]) == 12_035
+
+
+@pytest.mark.parametrize("in_hw,kwargs,out_hw", [
+    ((37, 53), dict(output_size=(16, 24)), (16, 24)),   # odd input, down, other aspect ratio
+    ((17, 9), dict(output_size=(40, 31)), (40, 31)),    # up, odd output
+    ((30, 30), dict(output_size=12), (12, 12)),         # int size = square
+    ((64, 48), dict(scale=0.5), (32, 24)),              # scale factor keeps aspect ratio
+    ((20, 30), dict(scale=1.7), (34, 51)),              # upscale factor
+    ((40, 40), dict(scale=(0.5, 0.25)), (20, 10)),
+])
+def test_any_output_size_down_or_up(in_hw, kwargs, out_hw):
+  x = jax.random.normal(jax.random.key(1), (2, *in_hw, 3))
+  for module in (models.LearnedResizer(**kwargs, num_filters=4),
+                 models.FixedResizer(**kwargs, method="bicubic")):
+    variables = module.init(jax.random.key(0), x)
+    y, _ = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert y.shape == (2, *out_hw, 3)
+    assert module.apply(variables, x, train=False).shape == (2, *out_hw, 3)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic", "lanczos3", "nearest"])
+@pytest.mark.parametrize("antialias", [False, True])
+def test_zero_init_tail_starts_as_the_baseline_resize(method, antialias):
+  x = jax.random.uniform(jax.random.key(2), (2, 45, 61, 3))
+  module = models.LearnedResizer(output_size=(17, 23), interpolation=method, antialias=antialias,
+                                 zero_init_tail=True)
+  variables = module.init(jax.random.key(0), x)
+  expected = jax.image.resize(x, (2, 17, 23, 3), method=method, antialias=antialias)
+  np.testing.assert_array_equal(module.apply(variables, x), expected)
+  out, _ = module.apply(variables, x, train=True, mutable=["batch_stats"])
+  np.testing.assert_array_equal(out, expected)
+
+
+def test_default_init_is_not_the_baseline():
+  x = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
+  module = models.LearnedResizer(output_size=(8, 8))
+  variables = module.init(jax.random.key(0), x)
+  assert np.abs(module.apply(variables, x) - jax.image.resize(x, (2, 8, 8, 3), "bilinear",
+                                                              antialias=False)).max() > 1e-3
+
+
+def test_antialias_changes_a_downscale_and_is_passed_through():
+  x = jax.random.uniform(jax.random.key(3), (1, 64, 64, 3))
+  plain = models.FixedResizer(output_size=8, method="bilinear", antialias=False).apply({}, x)
+  smooth = models.FixedResizer(output_size=8, method="bilinear", antialias=True).apply({}, x)
+  np.testing.assert_array_equal(plain, jax.image.resize(x, (1, 8, 8, 3), "bilinear", antialias=False))
+  np.testing.assert_array_equal(smooth, jax.image.resize(x, (1, 8, 8, 3), "bilinear", antialias=True))
+  # Averaging many pixels shrinks the spread of uniform noise; point sampling does not.
+  assert smooth.std() < 0.5 * plain.std()
+
+
+def test_area_is_the_mean_over_each_footprint():
+  x = jax.random.uniform(jax.random.key(4), (2, 12, 18, 3))
+  y = resizer_lib.resize(x, (4, 6), "area", antialias=False)
+  expected = x.reshape(2, 4, 3, 6, 3, 3).mean(axis=(2, 4))
+  np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+  # A non-integer factor still preserves the mean of a constant image.
+  ones = jnp.ones((1, 10, 7, 3))
+  np.testing.assert_allclose(resizer_lib.resize(ones, (3, 4), "area", False), 1.0, rtol=1e-6)
+
+
+def test_get_resizer_by_name():
+  assert isinstance(models.get_resizer("learned", output_size=8, antialias=False),
+                    models.LearnedResizer)
+  baseline = models.get_resizer("lanczos3", output_size=8, antialias=True)
+  assert (baseline.method, baseline.antialias) == ("lanczos3", True)
+  with pytest.raises(ValueError, match=r"unknown resizer 'bilenear'; valid: learned, bilinear"):
+    models.get_resizer("bilenear", output_size=8, antialias=False)
+
+
+def test_bad_sizes_and_interpolations_are_named():
+  x = jnp.zeros((1, 8, 8, 3))
+  with pytest.raises(ValueError, match="exactly one of output_size or scale"):
+    models.FixedResizer(output_size=4, scale=0.5).init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="exactly one of output_size or scale"):
+    models.LearnedResizer().init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match=r"unknown interpolation 'cubic'; valid: bilinear, bicubic"):
+    models.LearnedResizer(output_size=4, interpolation="cubic").init(jax.random.key(0), x)
