@@ -1,0 +1,69 @@
+r"""The embedded default: learned resizer + a small ResNet on `resizer_demo`, on a CPU in minutes.
+
+`resizer_demo` is built offline on first use from photographs shipped in scikit-image/matplotlib;
+the label is which of five degradations (clean, blur, noise, jpeg, lowres) a 256 px crop carries
+(see resizer_jax/data/demo.py). Training takes random `input` px crops (128 by default) of the stored
+256 px images -- crops, not rescales, so the degradations survive -- and the resizer takes them to
+`target` px (16 by default: an 8x downscale).
+
+  python -m resizer_jax.main --config=configs/demo.py --workdir=runs/demo
+  python -m resizer_jax.main --config=configs/demo.py:resizer=bilinear --workdir=runs/demo_bilinear
+
+Arguments (comma-separated): resizer=learned|bilinear|bicubic|lanczos3|nearest|area, input=128,
+target=16,
+antialias=false, seed=0, tiny (a few steps on the 55-example `tiny` build, for tests).
+"""
+import ml_collections
+
+from resizer_jax import config_args
+
+
+def get_config(arg=None):
+  arg = config_args.parse_arg(arg, resizer="learned", input=128, target=16, antialias=False, seed=0, tiny=False)
+  config = ml_collections.ConfigDict()
+  config.seed = arg["seed"]
+  config.dtype = "float32"
+
+  config.data = dict(
+      name="resizer_demo/tiny" if arg["tiny"] else "resizer_demo/full",
+      data_dir=ml_collections.config_dict.placeholder(str),  # None: ~/tensorflow_datasets or $TFDS_DATA_DIR.
+      train_split="train",
+      eval_split="test",
+      input_size=arg["input"],
+      train_preprocess="crop_flip",  # Flips only: rescaling would alter the degradations.
+      eval_crop_fraction=1.0,
+      shuffle_buffer=2048,
+  )
+  config.num_classes = 5
+
+  config.resizer = dict(
+      name=arg["resizer"],
+      output_size=(arg["target"], arg["target"]),
+      antialias=arg["antialias"],
+      # Used by resizer=learned only.
+      num_filters=16,
+      num_res_blocks=1,
+      interpolation="bilinear",
+      zero_init_tail=False,
+  )
+  config.backbone = dict(name="resnet_tiny")
+
+  config.batch_size = 16 if arg["tiny"] else 32
+  config.eval_batch_size = 16 if arg["tiny"] else 64
+  config.num_epochs = 8.0
+  config.num_train_steps = 6 if arg["tiny"] else 0  # 0: num_epochs decides.
+  config.optimizer = dict(
+      learning_rate=0.05,  # The paper's from-scratch rate.
+      momentum=0.9,
+      weight_decay=5e-5,
+      label_smoothing=0.1,
+      decay_rate=0.94,  # x0.94 every 2 epochs, as in the paper.
+      decay_epochs=2.0,
+      warmup_epochs=0.5,
+  )
+
+  config.log_every_steps = 2 if arg["tiny"] else 20
+  config.eval_every_steps = 3 if arg["tiny"] else 100
+  config.checkpoint_every_steps = 3 if arg["tiny"] else 100
+  config.max_checkpoints_to_keep = 3
+  return config

@@ -1,0 +1,1 @@
+"""resizer_jax: learned image resizers trained jointly with vision backbones, in JAX/Flax."""

@@ -1,0 +1,30 @@
+"""Command line: python -m resizer_jax.main --config=configs/demo.py[:arg] --workdir=DIR [--config.k=v]."""
+import json
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+import tensorflow as tf
+
+from resizer_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and config.json go; rerunning the "
+                    "same command on it resumes from its latest checkpoint.", required=True)
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # TensorFlow is only the input pipeline: keep it off the accelerators JAX uses.
+  tf.config.set_visible_devices([], "GPU")
+  logging.info("Config:\n%s", FLAGS.config)
+  metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  print(json.dumps({"workdir": FLAGS.workdir, **metrics}))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,301 @@
+"""The trainer: `train_and_evaluate(config, workdir)`, meant to be read top to bottom.
+
+One jit-compiled step on a device mesh: the global batch is sharded over the `data` axis, the state
+is replicated, and under jit the BatchNorm statistics of a sharded batch are global without a pmean.
+"""
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from clu import metrics as clu_metrics
+from clu import periodic_actions
+import flax
+from flax.training import train_state
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from resizer_jax import models
+from resizer_jax.data import input_pipeline
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output("loss")
+  accuracy: clu_metrics.Accuracy
+  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+
+
+@flax.struct.dataclass
+class EvalMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output("loss")
+  accuracy: clu_metrics.Accuracy
+  top5_accuracy: clu_metrics.Average.from_output("top5")
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimiser: SGD with momentum, the paper's staircase decay, weight decay on kernels only.
+# ----------------------------------------------------------------------------------------------
+def make_schedule(config, steps_per_epoch: int):
+  o = config.optimizer
+  decay = optax.exponential_decay(o.learning_rate, max(1, round(o.decay_epochs * steps_per_epoch)),
+                                  o.decay_rate, staircase=True)
+  warmup = round(o.warmup_epochs * steps_per_epoch)
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, warmup), decay], [warmup])
+
+
+def make_optimizer(config, schedule):
+  # BN scales/offsets and biases are 1-D; decaying them hurts and the reference recipes exclude them.
+  kernels_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  return optax.chain(optax.add_decayed_weights(config.optimizer.weight_decay, mask=kernels_only),
+                     optax.sgd(schedule, momentum=config.optimizer.momentum))
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps.
+# ----------------------------------------------------------------------------------------------
+def train_step(state: TrainState, batch, *, model, schedule, num_classes: int,
+               label_smoothing: float, seed: int):
+  """One SGD step on a global batch; returns the new state and this step's metrics."""
+  dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
+
+  def loss_fn(params):
+    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                  batch["image"], train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": dropout_rng})
+    logits = logits.astype(jnp.float32)
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets).mean(), (logits, updates["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  metrics = TrainMetrics.single_from_model_output(
+      loss=loss, logits=logits, labels=batch["label"], learning_rate=schedule(state.step))
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+
+
+def make_mesh():
+  # Auto axes: shardings are given at the jit boundary; the model code stays sharding-agnostic.
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def make_init(model, tx, input_size: int):
+  """rng -> a fresh TrainState (jit it with out_shardings to create it sharded)."""
+  def init(rng):
+    variables = model.init(rng, jnp.zeros((1, input_size, input_size, 3), jnp.uint8), train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}))
+  return init
+
+
+def jit_train_step(config, model, schedule, state_sharding, batch_sharding):
+  """The compiled train step; the state's buffers are donated to the new state."""
+  return jax.jit(
+      functools.partial(train_step, model=model, schedule=schedule, num_classes=config.num_classes,
+                        label_smoothing=config.optimizer.label_smoothing, seed=config.seed),
+      in_shardings=(state_sharding, batch_sharding),
+      out_shardings=(state_sharding, NamedSharding(batch_sharding.mesh, P())), donate_argnums=0)
+
+
+def eval_step(state: TrainState, batch, *, model):
+  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
+                       train=False).astype(jnp.float32)
+  labels = batch["label"]
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  top5 = jnp.any(jax.lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None], axis=-1)
+  return EvalMetrics.single_from_model_output(loss=loss, logits=logits, labels=labels,
+                                              top5=top5.astype(jnp.float32), mask=batch["mask"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: Orbax CheckpointManager under workdir/checkpoints; items "state" and "meta".
+# ----------------------------------------------------------------------------------------------
+def model_signature(config) -> dict:
+  """What makes two checkpoints the same model; restoring across a difference is refused."""
+  return json.loads(ml_collections.ConfigDict({
+      "resizer": config.resizer, "backbone": config.backbone,
+      "num_classes": config.num_classes}).to_json_best_effort())
+
+
+def check_same_model(saved: dict, wanted: dict, ckpt_dir: str):
+  flat = lambda d, p="": ({k: v for key, sub in d.items() for k, v in flat(sub, f"{p}{key}.").items()}
+                         if isinstance(d, dict) else {p[:-1]: d})
+  saved, wanted = flat(saved), flat(wanted)
+  diff = [f"{k}: {saved.get(k)!r} in checkpoint vs {wanted.get(k)!r} in config"
+          for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+  if diff:
+    raise ValueError(f"{ckpt_dir} holds a checkpoint of a different model ({'; '.join(diff)}); "
+                     "use a new --workdir, or the config it was trained with")
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"), item_names=("state", "meta"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep, create=True))
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config):
+  """The newest checkpointed state placed with `abstract_state`'s shardings, or None."""
+  step = mngr.latest_step()
+  if step is None:
+    return None
+  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  check_same_model(meta["model"], model_signature(config), str(mngr.directory))
+  logging.info("Resuming from %s at step %d.", mngr.directory, step)
+  return mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics: TensorBoard through clu, and workdir/metrics.jsonl (one JSON object per logged step).
+# ----------------------------------------------------------------------------------------------
+class JsonlWriter(metric_writers.interface.MetricWriter):
+  """Appends scalars as `{"step": ..., name: value, ...}` lines; other summaries are TB-only."""
+
+  def __init__(self, path: str, resume_step: int):
+    self._path = path
+    if os.path.exists(path):  # Drop what a crashed run logged after its last checkpoint.
+      with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+      with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+      os.replace(path + ".tmp", path)
+
+  def write_scalars(self, step, scalars):
+    with open(self._path, "a") as f:
+      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+
+  def write_summaries(self, step, values, metadata=None): pass
+  def write_images(self, step, images): pass
+  def write_videos(self, step, videos): pass
+  def write_audios(self, step, audios, *, sample_rate): pass
+  def write_texts(self, step, texts): pass
+  def write_histograms(self, step, arrays, num_buckets=None): pass
+  def write_hparams(self, hparams): pass
+  def flush(self): pass
+  def close(self): pass
+
+
+def evaluate(eval_fn, state, builder, config, to_global) -> dict:
+  ds, num_steps = input_pipeline.eval_dataset(builder, config.data, global_batch=config.eval_batch_size)
+  total = None
+  for batch in ds.as_numpy_iterator():
+    m = eval_fn(state, to_global(batch))
+    total = m if total is None else total.merge(m)
+  assert num_steps > 0
+  return {f"eval/{k}": float(v) for k, v in total.compute().items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The run.
+# ----------------------------------------------------------------------------------------------
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final eval metrics."""
+  # --- Devices and mesh: the batch is split over all devices, the state replicated on each.
+  mesh = make_mesh()
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  for key in ("batch_size", "eval_batch_size"):
+    if config[key] % jax.device_count():
+      raise ValueError(f"{key}={config[key]} is not divisible by the number of devices "
+                       f"({jax.device_count()}); use a multiple of {jax.device_count()}")
+
+  def to_global(batch):
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharded, x), batch)
+
+  # --- Data.
+  builder = input_pipeline.get_builder(config.data)
+  num_train = builder.info.splits[config.data.train_split].num_examples
+  steps_per_epoch = max(1, num_train // config.batch_size)
+  total_steps = config.num_train_steps or round(config.num_epochs * steps_per_epoch)
+
+  # --- Model, optimiser and state (created directly with its sharding, never on one host first).
+  model = models.from_config(config)
+  schedule = make_schedule(config, steps_per_epoch)
+  tx = make_optimizer(config, schedule)
+
+  init = make_init(model, tx, config.data.input_size)
+  abstract = jax.eval_shape(init, jax.random.key(config.seed))
+  state_sharding = jax.tree.map(lambda _: replicated, abstract)
+  mngr = checkpoint_manager(workdir, config)
+  state = restore_latest(mngr, jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, state_sharding),
+      config)
+  if state is None:
+    state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
+  start_step = int(state.step)
+
+  # --- Logging (host 0 only writes), config.json, and the compiled steps.
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  if is_chief:
+    writer = metric_writers.MultiWriter(
+        [writer, JsonlWriter(os.path.join(workdir, "metrics.jsonl"), start_step)])
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  params = sum(x.size for x in jax.tree.leaves(abstract.params))
+  resizer_params = sum(x.size for x in jax.tree.leaves(abstract.params.get("resizer", {})))
+  logging.info("Model: %s resizer -> %s; %d parameters (%d in the resizer). %d steps of %d "
+               "(%d per epoch), %d devices.", config.resizer.name, config.backbone.name, params,
+               resizer_params, total_steps, config.batch_size, steps_per_epoch, jax.device_count())
+
+  train_fn = jit_train_step(config, model, schedule, state_sharding, sharded)
+  eval_fn = jax.jit(functools.partial(eval_step, model=model),
+                    in_shardings=(state_sharding, sharded), out_shardings=replicated)
+
+  def save(step):
+    meta = {"model": model_signature(config), "config": json.loads(config.to_json_best_effort())}
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave(meta)))
+
+  # --- Train.
+  train_iter = input_pipeline.train_dataset(builder, config.data, global_batch=config.batch_size,
+                                            seed=config.seed, start_step=start_step)
+  train_iter = train_iter.as_numpy_iterator()
+  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, every_secs=30)
+  hooks = [progress] if is_chief else []
+  eval_metrics, train_metrics, last_log = {}, None, (time.time(), start_step)
+  try:
+    with metric_writers.ensure_flushes(writer):
+      for step in range(start_step + 1, total_steps + 1):
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          state, metrics = train_fn(state, to_global(next(train_iter)))
+        train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
+        for hook in hooks:
+          hook(step)
+        last = step == total_steps
+        if step % config.log_every_steps and step % config.eval_every_steps and not last:
+          continue
+        scalars = {f"train/{k}": v for k, v in train_metrics.compute().items()}
+        elapsed, steps = time.time() - last_log[0], step - last_log[1]
+        scalars["train/images_per_s"] = steps * config.batch_size / max(elapsed, 1e-9)
+        train_metrics, last_log = None, (time.time(), step)
+        if step % config.eval_every_steps == 0 or last:
+          with progress.timed("eval"):
+            eval_metrics = evaluate(eval_fn, state, builder, config, to_global)
+          scalars.update(eval_metrics)
+        writer.write_scalars(step, scalars)
+        logging.info("step %d/%d: %s", step, total_steps,
+                     ", ".join(f"{k}={float(v):.4g}" for k, v in scalars.items()))
+        if step % config.checkpoint_every_steps == 0 or last:
+          save(step)
+      if not eval_metrics:  # Nothing left to train: report the checkpoint's metrics.
+        eval_metrics = evaluate(eval_fn, state, builder, config, to_global)
+  finally:
+    # A save may still be in flight (saves are async); a crash must not lose that checkpoint.
+    mngr.wait_until_finished()
+    mngr.close()
+  return eval_metrics

@@ -1,0 +1,172 @@
+"""The trainer end to end: the demo's tiny variant on the real tiny build, real Orbax checkpoints."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from resizer_jax import train
+from resizer_jax.config_args import load_config
+from resizer_jax.data import input_pipeline
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def demo_config(data_dir, arg="tiny", **overrides):
+  config = load_config(f"{REPO}/configs/demo.py:{arg}")
+  config.data.data_dir = data_dir
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def saved_state(workdir, step=None):
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                             item_names=("state", "meta")) as mngr:
+    step = mngr.latest_step() if step is None else step
+    return step, mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+
+
+def metrics_lines(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def assert_trees_close(a, b, **tol):
+  flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)
+  assert len(flat_a) == len(flat_b)
+  for (path, x), y in zip(flat_a, flat_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path), **tol)
+
+
+@pytest.fixture(scope="module")
+def run_8_devices(data_dir, tmp_path_factory):
+  assert jax.device_count() == 8
+  workdir = str(tmp_path_factory.mktemp("run8"))
+  final = train.train_and_evaluate(demo_config(data_dir), workdir)
+  return workdir, final
+
+
+def test_tiny_demo_trains_on_8_devices_and_loss_falls(run_8_devices):
+  workdir, final = run_8_devices
+  lines = metrics_lines(workdir)
+  config = demo_config(None)
+  assert [l["step"] for l in lines] == sorted({
+      s for s in range(1, config.num_train_steps + 1)
+      if s % config.log_every_steps == 0 or s % config.eval_every_steps == 0} |
+      {config.num_train_steps})
+  losses = [l["train/loss"] for l in lines]
+  assert losses[-1] < losses[0]
+  assert set(final) == {"eval/loss", "eval/accuracy", "eval/top5_accuracy"}
+  assert final == {k: v for k, v in lines[-1].items() if k.startswith("eval/")}
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  step, _ = saved_state(workdir)
+  assert step == config.num_train_steps
+
+
+def test_one_device_cli_run_ends_with_the_same_parameters(run_8_devices, data_dir, tmp_path):
+  """`python -m resizer_jax.main` on 1 device == the same steps sharded over 8 devices."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  out = subprocess.run(
+      [sys.executable, "-m", "resizer_jax.main", "--config=configs/demo.py:tiny",
+       f"--config.data.data_dir={data_dir}", f"--workdir={tmp_path}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  final = json.loads(out.stdout.strip().splitlines()[-1])
+  assert final["eval/accuracy"] == pytest.approx(run_8_devices[1]["eval/accuracy"])
+  # Same math, other float32 reduction order: equal to rounding at the first checkpoint...
+  every = demo_config(data_dir).checkpoint_every_steps
+  _, one = saved_state(str(tmp_path), every)
+  _, eight = saved_state(run_8_devices[0], every)
+  assert_trees_close(one["params"], eight["params"], rtol=1e-5, atol=1e-6)
+  assert_trees_close(one["batch_stats"], eight["batch_stats"], rtol=1e-5, atol=1e-6)
+  # ...and at the end, when SGD at the full learning rate has amplified the rounding, still far
+  # closer to each other than to where they were a checkpoint earlier.
+  _, one_end = saved_state(str(tmp_path))
+  _, eight_end = saved_state(run_8_devices[0])
+  norm = lambda a, b: np.sqrt(sum(np.sum((np.asarray(x) - np.asarray(y))**2)
+                                  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+  assert norm(one_end["params"], eight_end["params"]) < 1e-2 * norm(eight_end["params"],
+                                                                    eight["params"])
+
+
+def test_a_crashed_run_resumes_and_ends_where_an_uninterrupted_run_ends(
+    run_8_devices, data_dir, tmp_path, monkeypatch):
+  config = demo_config(data_dir)
+  crash_after = config.checkpoint_every_steps + 1  # One step past a checkpoint, then die.
+  real_train_dataset = input_pipeline.train_dataset
+
+  def dies_after_a_few_batches(*args, **kwargs):
+    ds = real_train_dataset(*args, **kwargs)
+
+    class Crashing:
+      def as_numpy_iterator(self):
+        yield from ds.take(crash_after).as_numpy_iterator()
+        raise RuntimeError("simulated crash")
+    return Crashing()
+
+  workdir = str(tmp_path)
+  monkeypatch.setattr(input_pipeline, "train_dataset", dies_after_a_few_batches)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    train.train_and_evaluate(config, workdir)
+  assert saved_state(workdir)[0] == config.checkpoint_every_steps
+  assert max(l["step"] for l in metrics_lines(workdir)) > config.checkpoint_every_steps
+
+  monkeypatch.setattr(input_pipeline, "train_dataset", real_train_dataset)
+  resumed = train.train_and_evaluate(config, workdir)
+
+  step, state = saved_state(workdir)
+  _, reference = saved_state(run_8_devices[0])
+  assert step == config.num_train_steps
+  assert_trees_close(state["params"], reference["params"], rtol=1e-5, atol=1e-6)
+  assert_trees_close(state["opt_state"], reference["opt_state"], rtol=1e-5, atol=1e-6)
+  assert resumed == pytest.approx(run_8_devices[1])
+  # The metrics log equals the uninterrupted run's: no lost lines, no duplicates from the crash.
+  strip = lambda lines: [{k: v for k, v in l.items() if k != "train/images_per_s"} for l in lines]
+  expected = strip(metrics_lines(run_8_devices[0]))
+  got = strip(metrics_lines(workdir))
+  assert [l["step"] for l in got] == [l["step"] for l in expected]
+  for g, e in zip(got, expected):
+    assert g == pytest.approx(e, rel=1e-4)
+
+
+def test_rerun_of_a_finished_run_trains_nothing_and_reports_its_metrics(run_8_devices, data_dir):
+  workdir, final = run_8_devices
+  before = metrics_lines(workdir)
+  assert train.train_and_evaluate(demo_config(data_dir), workdir) == pytest.approx(final)
+  assert metrics_lines(workdir) == before
+
+
+def test_a_workdir_of_another_model_is_refused_and_left_untouched(run_8_devices, data_dir):
+  workdir, _ = run_8_devices
+  snapshot = {p: p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("*")}
+  with pytest.raises(ValueError, match=r"holds a checkpoint of a different model \(resizer.name: "
+                     r"'learned' in checkpoint vs 'bilinear' in config\)"):
+    train.train_and_evaluate(demo_config(data_dir, "tiny,resizer=bilinear"), workdir)
+  assert {p: p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("*")} == snapshot
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error(data_dir, tmp_path):
+  with pytest.raises(ValueError, match=r"batch_size=12 is not divisible by the number of devices "
+                     r"\(8\); use a multiple of 8"):
+    train.train_and_evaluate(demo_config(data_dir, batch_size=12), str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def test_unknown_names_are_clear_errors(data_dir, tmp_path):
+  with pytest.raises(ValueError, match=r"unknown resizer 'bilinar'; valid: learned, bilinear"):
+    train.train_and_evaluate(demo_config(data_dir, "tiny,resizer=bilinar"), str(tmp_path))
+  config = demo_config(data_dir)
+  config.backbone.name = "resnet5O"
+  with pytest.raises(ValueError, match=r"unknown backbone 'resnet5O'; valid: .*resnet50"):
+    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match=r"unknown config argument 'resizr' in 'resizr=bilinear'; "
+                     r"valid: resizer, input, target"):
+    demo_config(data_dir, "resizr=bilinear")
