@@ -34,7 +34,7 @@ def get_config(arg=None):
       eval_crop_fraction=1.0,
       shuffle_buffer=2048,
   )
-  config.num_classes = 5
+  config.num_classes = 4
 
   config.resizer = dict(
       name=arg["resizer"],
@@ -50,20 +50,23 @@ def get_config(arg=None):
 
   config.batch_size = 16 if arg["tiny"] else 32
   config.eval_batch_size = 16 if arg["tiny"] else 64
-  config.num_epochs = 8.0
-  config.num_train_steps = 6 if arg["tiny"] else 0  # 0: num_epochs decides.
+  config.num_epochs = 12.0
+  config.num_train_steps = 12 if arg["tiny"] else 0  # 0: num_epochs decides.
+  # Not the paper's SGD: from scratch on ~1k images, SGD (lr 0.05 or 0.01) stays near chance for
+  # the few hundred steps a CPU demo affords, where AdamW learns. configs/imagenet.py uses SGD.
   config.optimizer = dict(
-      learning_rate=0.05,  # The paper's from-scratch rate.
-      momentum=0.9,
-      weight_decay=5e-5,
+      name="adamw",
+      learning_rate=1e-3,
+      momentum=0.9,  # Used by sgd only.
+      weight_decay=1e-4,
       label_smoothing=0.1,
       decay_rate=0.94,  # x0.94 every 2 epochs, as in the paper.
       decay_epochs=2.0,
       warmup_epochs=0.5,
   )
 
-  config.log_every_steps = 2 if arg["tiny"] else 20
-  config.eval_every_steps = 3 if arg["tiny"] else 100
-  config.checkpoint_every_steps = 3 if arg["tiny"] else 100
+  config.log_every_steps = 4 if arg["tiny"] else 20
+  config.eval_every_steps = 6 if arg["tiny"] else 100
+  config.checkpoint_every_steps = 6 if arg["tiny"] else 100
   config.max_checkpoints_to_keep = 3
   return config

@@ -58,6 +58,7 @@ def get_config(arg=None):
   config.num_epochs = 10.0 if arg["finetune"] else 90.0
   config.num_train_steps = 0
   config.optimizer = dict(
+      name="sgd",
       learning_rate=0.005 if arg["finetune"] else 0.05,
       momentum=0.9,
       weight_decay=4e-5,

@@ -16,9 +16,15 @@ config_flags.DEFINE_config_file("config", None, "Training configuration file.", 
 flags.mark_flags_as_required(["config"])
 
 
+def _quiet_orbax(record) -> bool:
+  # Orbax logs a dozen INFO lines per save; keep the console to progress and metrics.
+  return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   # TensorFlow is only the input pipeline: keep it off the accelerators JAX uses.
   tf.config.set_visible_devices([], "GPU")
   logging.info("Config:\n%s", FLAGS.config)

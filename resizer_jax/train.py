@@ -46,7 +46,7 @@ class EvalMetrics(clu_metrics.Collection):
 
 
 # ----------------------------------------------------------------------------------------------
-# Optimiser: SGD with momentum, the paper's staircase decay, weight decay on kernels only.
+# Optimiser: the paper's staircase decay; weight decay on kernels only.
 # ----------------------------------------------------------------------------------------------
 def make_schedule(config, steps_per_epoch: int):
   o = config.optimizer
@@ -58,11 +58,20 @@ def make_schedule(config, steps_per_epoch: int):
   return optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, warmup), decay], [warmup])
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def make_optimizer(config, schedule):
+  """`config.optimizer.name`: "sgd" (the paper's: momentum, L2 decay) or "adamw" (decoupled decay)."""
+  o = config.optimizer
   # BN scales/offsets and biases are 1-D; decaying them hurts and the reference recipes exclude them.
   kernels_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  return optax.chain(optax.add_decayed_weights(config.optimizer.weight_decay, mask=kernels_only),
-                     optax.sgd(schedule, momentum=config.optimizer.momentum))
+  if o.name == "sgd":
+    return optax.chain(optax.add_decayed_weights(o.weight_decay, mask=kernels_only),
+                       optax.sgd(schedule, momentum=o.momentum))
+  if o.name == "adamw":
+    return optax.adamw(schedule, weight_decay=o.weight_decay, mask=kernels_only)
+  raise ValueError(f"unknown optimizer {o.name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         lambda x: jax.make_array_from_process_local_data(sharded, x), batch)
 
   # --- Data.
-  builder = input_pipeline.get_builder(config.data)
+  builder = input_pipeline.get_builder(config.data, config.num_classes)
   num_train = builder.info.splits[config.data.train_split].num_examples
   steps_per_epoch = max(1, num_train // config.batch_size)
   total_steps = config.num_train_steps or round(config.num_epochs * steps_per_epoch)
@@ -287,9 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           with progress.timed("eval"):
             eval_metrics = evaluate(eval_fn, state, builder, config, to_global)
           scalars.update(eval_metrics)
-        writer.write_scalars(step, scalars)
-        logging.info("step %d/%d: %s", step, total_steps,
-                     ", ".join(f"{k}={float(v):.4g}" for k, v in scalars.items()))
+        writer.write_scalars(step, scalars)  # The default writer also logs them to the console.
         if step % config.checkpoint_every_steps == 0 or last:
           save(step)
       if not eval_metrics:  # Nothing left to train: report the checkpoint's metrics.

@@ -100,7 +100,9 @@ def test_one_device_cli_run_ends_with_the_same_parameters(run_8_devices, data_di
 def test_a_crashed_run_resumes_and_ends_where_an_uninterrupted_run_ends(
     run_8_devices, data_dir, tmp_path, monkeypatch):
   config = demo_config(data_dir)
-  crash_after = config.checkpoint_every_steps + 1  # One step past a checkpoint, then die.
+  # Die one step before the end: past the last periodic checkpoint and past a metrics line.
+  crash_after = config.num_train_steps - 1
+  assert config.checkpoint_every_steps < crash_after
   real_train_dataset = input_pipeline.train_dataset
 
   def dies_after_a_few_batches(*args, **kwargs):

@@ -20,11 +20,15 @@ from resizer_jax.data import demo  # pylint: disable=unused-import  # Registers 
 TRAIN_PREPROCESS = ("crop_flip", "inception_crop")
 
 
-def get_builder(data_config, *, prepare: bool = True):
+def get_builder(data_config, num_classes: int | None = None, *, prepare: bool = True):
   """The TFDS builder named by `data_config.name`; built on first use if `prepare`."""
   builder = tfds.builder(data_config.name, data_dir=data_config.get("data_dir"))
   if prepare:
     builder.download_and_prepare()
+  label = builder.info.features["label"]
+  if num_classes is not None and getattr(label, "num_classes", num_classes) != num_classes:
+    raise ValueError(f"config.num_classes={num_classes} but {data_config.name} has "
+                     f"{label.num_classes} classes")
   return builder
 
 

@@ -5,6 +5,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resizer_jax.models.densenet import DenseNet
+from resizer_jax.models.efficientnet import EfficientNet
+from resizer_jax.models.inception_v2 import InceptionV2
+from resizer_jax.models.mobilenet_v2 import MobileNetV2
 from resizer_jax.models.resizer import FixedResizer, LearnedResizer, METHODS, RESIZERS, get_resizer, resize
 from resizer_jax.models.resnet import ResNet
 
@@ -15,6 +19,10 @@ BACKBONES = {
     # The CPU demo's backbone: 4 basic blocks, widths 16..128, a stem for inputs of 16-64 px.
     "resnet_tiny": functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block="basic", width=16,
                                      small_stem=True),
+    "mobilenet_v2": MobileNetV2,
+    "densenet121": functools.partial(DenseNet, block_sizes=(6, 12, 24, 16)),
+    "efficientnet_b0": EfficientNet,
+    "inception_v2": InceptionV2,
 }
 
 

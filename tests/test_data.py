@@ -1,0 +1,104 @@
+"""The embedded dataset through the real TFDS builder, and the tf.data pipeline the trainer reads."""
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from resizer_jax.data import demo
+from resizer_jax.data import input_pipeline
+
+
+def data_config(data_dir, **overrides):
+  return ml_collections.ConfigDict({**dict(
+      name="resizer_demo/tiny", data_dir=data_dir, train_split="train", eval_split="test",
+      input_size=96, train_preprocess="crop_flip", eval_crop_fraction=1.0, shuffle_buffer=1000),
+      **overrides})
+
+
+def examples(data_dir, split):
+  builder = tfds.builder("resizer_demo/tiny", data_dir=data_dir)
+  return list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+
+
+def test_the_build_is_deterministic(data_dir, tmp_path):
+  tfds.builder("resizer_demo/tiny", data_dir=str(tmp_path)).download_and_prepare()
+  for split in ("train", "test"):
+    a, b = examples(data_dir, split), examples(str(tmp_path), split)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+      assert x["photo"] == y["photo"] and x["label"] == y["label"]
+      np.testing.assert_array_equal(x["image"], y["image"])
+
+
+def test_labels_are_degradations_of_the_same_crops_on_disjoint_photos(data_dir):
+  train, test = examples(data_dir, "train"), examples(data_dir, "test")
+  assert len(train) == len(demo.TRAIN_PHOTOS) * len(demo.DEGRADATIONS)
+  assert len(test) == len(demo.TEST_PHOTOS) * len(demo.DEGRADATIONS)
+  assert {e["photo"].decode() for e in train}.isdisjoint({e["photo"].decode() for e in test})
+  by_photo = {}
+  for e in train + test:
+    assert e["image"].shape == (demo.SIZE, demo.SIZE, 3)
+    by_photo.setdefault(e["photo"], {})[int(e["label"])] = e["image"]
+  for images in by_photo.values():
+    assert sorted(images) == list(range(len(demo.DEGRADATIONS)))
+    clean = images[demo.DEGRADATIONS.index("clean")]
+    # The label is what was done to the crop: blur removes detail, noise adds it...
+    assert demo.detail(images[demo.DEGRADATIONS.index("blur")]) < demo.detail(clean)
+    assert demo.detail(images[demo.DEGRADATIONS.index("noise")]) > demo.detail(clean)
+    # ...and all four are the same crop (their means agree).
+    for image in images.values():
+      assert abs(image.astype(float).mean() - clean.astype(float).mean()) < 3
+
+
+def test_a_restarted_train_stream_continues_exactly_where_it_stopped(data_dir):
+  config = data_config(data_dir)
+  builder = input_pipeline.get_builder(config)
+  n = builder.info.splits["train"].num_examples  # 44: batches of 16 straddle epoch boundaries.
+  take = lambda start, k: list(input_pipeline.train_dataset(
+      builder, config, global_batch=16, seed=3, start_step=start).take(k).as_numpy_iterator())
+  full = take(0, 7)
+  assert 7 * 16 > 2 * n
+  for start in (2, 5):
+    for a, b in zip(full[start:], take(start, 7 - start)):
+      np.testing.assert_array_equal(a["image"], b["image"])
+      np.testing.assert_array_equal(a["label"], b["label"])
+  # Each epoch is a new permutation of the whole split.
+  labels = np.concatenate([b["label"] for b in full])
+  assert sorted(labels[:n]) == sorted(labels[n:2 * n])
+  assert full[0]["image"].shape == (16, 96, 96, 3) and full[0]["image"].dtype == np.uint8
+  other_seed = list(input_pipeline.train_dataset(builder, config, global_batch=16, seed=4)
+                    .take(1).as_numpy_iterator())[0]
+  assert not np.array_equal(other_seed["image"], full[0]["image"])
+
+
+@pytest.mark.parametrize("batch", [5, 16, 24])
+def test_eval_counts_every_example_once_with_padding_masked(data_dir, batch):
+  config = data_config(data_dir)
+  builder = input_pipeline.get_builder(config)
+  ds, num_steps = input_pipeline.eval_dataset(builder, config, global_batch=batch)
+  batches = list(ds.as_numpy_iterator())
+  assert len(batches) == num_steps == -(-16 // batch)
+  assert all(b["image"].shape == (batch, 96, 96, 3) for b in batches)
+  mask = np.concatenate([b["mask"] for b in batches])
+  labels = np.concatenate([b["label"] for b in batches])[mask]
+  assert mask.sum() == 16
+  assert sorted(labels) == sorted(int(e["label"]) for e in examples(data_dir, "test"))
+
+
+def test_preprocessing_reaches_the_input_size_from_any_shape():
+  image = tf.constant(np.random.default_rng(0).integers(0, 256, (120, 200, 3), np.uint8))
+  for name in input_pipeline.TRAIN_PREPROCESS:
+    config = data_config(None, train_preprocess=name)
+    out = input_pipeline.preprocess_train(image, tf.constant([1, 2], tf.int64), config)
+    assert out.shape == (96, 96, 3) and out.dtype == tf.uint8
+  out = input_pipeline.preprocess_eval(image, data_config(None, eval_crop_fraction=0.875))
+  assert out.shape == (96, 96, 3)
+  with pytest.raises(ValueError, match=r"unknown train_preprocess 'mixup'; valid: crop_flip"):
+    input_pipeline.preprocess_train(image, tf.constant([1, 2], tf.int64),
+                                    data_config(None, train_preprocess="mixup"))
+
+
+def test_a_config_whose_classes_disagree_with_the_dataset_is_refused(data_dir):
+  with pytest.raises(ValueError, match=r"config.num_classes=1000 but resizer_demo/tiny has 4"):
+    input_pipeline.get_builder(data_config(data_dir), 1000)
