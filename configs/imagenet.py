@@ -52,6 +52,9 @@ def get_config(arg=None):
       zero_init_tail=False,
   )
   config.backbone = dict(name=arg["backbone"])
+  # Warm start: a run's workdir whose backbone (and head) initialise this one; the resizer starts
+  # fresh. The paper fine-tunes from a baseline trained with a fixed resizer.
+  config.init_from = ml_collections.config_dict.placeholder(str)
 
   config.batch_size = BATCH_FOR_INPUT.get(arg["input"], 64)
   config.eval_batch_size = config.batch_size

@@ -19,10 +19,9 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
+from resizer_jax import checkpoint
 from resizer_jax import models
 from resizer_jax.data import input_pipeline
 
@@ -130,45 +129,6 @@ def eval_step(state: TrainState, batch, *, model):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: Orbax CheckpointManager under workdir/checkpoints; items "state" and "meta".
-# ----------------------------------------------------------------------------------------------
-def model_signature(config) -> dict:
-  """What makes two checkpoints the same model; restoring across a difference is refused."""
-  return json.loads(ml_collections.ConfigDict({
-      "resizer": config.resizer, "backbone": config.backbone,
-      "num_classes": config.num_classes}).to_json_best_effort())
-
-
-def check_same_model(saved: dict, wanted: dict, ckpt_dir: str):
-  flat = lambda d, p="": ({k: v for key, sub in d.items() for k, v in flat(sub, f"{p}{key}.").items()}
-                         if isinstance(d, dict) else {p[:-1]: d})
-  saved, wanted = flat(saved), flat(wanted)
-  diff = [f"{k}: {saved.get(k)!r} in checkpoint vs {wanted.get(k)!r} in config"
-          for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
-  if diff:
-    raise ValueError(f"{ckpt_dir} holds a checkpoint of a different model ({'; '.join(diff)}); "
-                     "use a new --workdir, or the config it was trained with")
-
-
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"), item_names=("state", "meta"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep, create=True))
-
-
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config):
-  """The newest checkpointed state placed with `abstract_state`'s shardings, or None."""
-  step = mngr.latest_step()
-  if step is None:
-    return None
-  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  check_same_model(meta["model"], model_signature(config), str(mngr.directory))
-  logging.info("Resuming from %s at step %d.", mngr.directory, step)
-  return mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))["state"]
-
-
-# ----------------------------------------------------------------------------------------------
 # Metrics: TensorBoard through clu, and workdir/metrics.jsonl (one JSON object per logged step).
 # ----------------------------------------------------------------------------------------------
 class JsonlWriter(metric_writers.interface.MetricWriter):
@@ -239,12 +199,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init = make_init(model, tx, config.data.input_size)
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   state_sharding = jax.tree.map(lambda _: replicated, abstract)
-  mngr = checkpoint_manager(workdir, config)
-  state = restore_latest(mngr, jax.tree.map(
+  mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep, create=True)
+  state = checkpoint.restore_latest(mngr, jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, state_sharding),
       config)
   if state is None:
     state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
+    if config.get("init_from"):
+      state = checkpoint.warm_start(state, config.init_from)
   start_step = int(state.step)
 
   # --- Logging (host 0 only writes), config.json, and the compiled steps.
@@ -264,11 +226,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_fn = jit_train_step(config, model, schedule, state_sharding, sharded)
   eval_fn = jax.jit(functools.partial(eval_step, model=model),
                     in_shardings=(state_sharding, sharded), out_shardings=replicated)
-
-  def save(step):
-    meta = {"model": model_signature(config), "config": json.loads(config.to_json_best_effort())}
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            meta=ocp.args.JsonSave(meta)))
 
   # --- Train.
   train_iter = input_pipeline.train_dataset(builder, config.data, global_batch=config.batch_size,
@@ -298,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           scalars.update(eval_metrics)
         writer.write_scalars(step, scalars)  # The default writer also logs them to the console.
         if step % config.checkpoint_every_steps == 0 or last:
-          save(step)
+          checkpoint.save(mngr, step, state, config)
       if not eval_metrics:  # Nothing left to train: report the checkpoint's metrics.
         eval_metrics = evaluate(eval_fn, state, builder, config, to_global)
   finally:
