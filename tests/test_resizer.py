@@ -56,10 +56,28 @@ def test_zero_init_tail_starts_as_the_baseline_resize(method, antialias):
   module = models.LearnedResizer(output_size=(17, 23), interpolation=method, antialias=antialias,
                                  zero_init_tail=True)
   variables = module.init(jax.random.key(0), x)
-  expected = jax.image.resize(x, (2, 17, 23, 3), method=method, antialias=antialias)
+  # Exactly the control run's fixed resizer...
+  baseline = models.FixedResizer(output_size=(17, 23), method=method, antialias=antialias)
+  expected = baseline.apply({}, x)
   np.testing.assert_array_equal(module.apply(variables, x), expected)
   out, _ = module.apply(variables, x, train=True, mutable=["batch_stats"])
   np.testing.assert_array_equal(out, expected)
+  # ...which is jax.image.resize up to float rounding (bilinear is computed as two-tap gathers).
+  np.testing.assert_allclose(expected, jax.image.resize(x, (2, 17, 23, 3), method=method,
+                                                        antialias=antialias), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("in_hw,out_hw,antialias", [
+    ((448, 448), (224, 224), False), ((128, 96), (16, 12), False), ((45, 61), (17, 23), False),
+    ((17, 9), (40, 31), False), ((20, 30), (34, 51), True), ((64, 64), (8, 8), True)])
+def test_bilinear_matches_jax_image_resize_values_and_gradients(in_hw, out_hw, antialias):
+  x = jax.random.normal(jax.random.key(5), (2, *in_hw, 4))
+  ours = lambda x: resizer_lib.resize(x, out_hw, "bilinear", antialias)
+  theirs = lambda x: jax.image.resize(x, (2, *out_hw, 4), "bilinear", antialias=antialias)
+  np.testing.assert_allclose(ours(x), theirs(x), rtol=0, atol=1e-6)
+  probe = jax.random.normal(jax.random.key(6), (2, *out_hw, 4))
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * probe))(x)
+  np.testing.assert_allclose(grad(ours), grad(theirs), rtol=0, atol=1e-5)
 
 
 def test_default_init_is_not_the_baseline():

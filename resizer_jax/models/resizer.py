@@ -50,14 +50,56 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
   return (overlap / (hi - lo)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=None)
+def _two_taps(n_in: int, n_out: int, method: str, antialias: bool):
+  """(index0, index1, weight0, weight1) per output pixel if jax.image.resize's weights along an axis
+  have at most two non-zero taps per output pixel (bilinear without antialias, or any upscale), else
+  None. The weights are jax's own: its resize applied to an identity matrix."""
+  with jax.ensure_compile_time_eval():
+    weights = np.asarray(jax.image.resize(jnp.eye(n_in, dtype=jnp.float32), (n_out, n_in),
+                                          method=method, antialias=antialias))
+  if (np.count_nonzero(weights, axis=1) > 2).any():
+    return None
+  idx = np.sort(np.argsort(-np.abs(weights), axis=1, kind="stable")[:, :2], axis=1)
+  w = np.take_along_axis(weights, idx, axis=1)
+  return idx[:, 0], idx[:, 1], w[:, 0], w[:, 1]
+
+
+def _take(x, indices: np.ndarray, axis: int):
+  # Evenly spaced indices (every integer downscale) are a strided slice, whose gradient is a cheap
+  # interior pad rather than a scatter.
+  step = int(indices[1] - indices[0]) if len(indices) > 1 else 1
+  if step > 0 and np.array_equal(indices, indices[0] + step * np.arange(len(indices))):
+    return jax.lax.slice_in_dim(x, int(indices[0]), int(indices[-1]) + 1, step, axis)
+  return jnp.take(x, indices, axis=axis)
+
+
+def _resize_two_taps(x, axis: int, taps):
+  i0, i1, w0, w1 = taps
+  shape = [1] * x.ndim
+  shape[axis] = -1
+  return (_take(x, i0, axis) * jnp.asarray(w0.reshape(shape), x.dtype) +
+          _take(x, i1, axis) * jnp.asarray(w1.reshape(shape), x.dtype))
+
+
 def resize(x: jax.Array, out_hw: Sequence[int], method: str, antialias: bool) -> jax.Array:
-  """Resizes NHWC images spatially; `antialias` must be stated because it changes the baseline."""
+  """Resizes NHWC images spatially; `antialias` must be stated because it changes the baseline.
+
+  Bilinear resizes whose weights have two taps per pixel are computed as two gathers per axis
+  instead of jax.image.resize's dense weight matrices: the same weights, a fraction of the FLOPs
+  (448->224 on 16 channels: 2.2 GFLOPs dense), equal to jax.image.resize up to float rounding.
+  """
   check_method(method)
   h, w = out_hw
   if method == "area":
     mh = jnp.asarray(_area_matrix(x.shape[1], h), x.dtype)
     mw = jnp.asarray(_area_matrix(x.shape[2], w), x.dtype)
     return jnp.einsum("oh,pw,nhwc->nopc", mh, mw, x)
+  if method == "bilinear":
+    taps_h = _two_taps(x.shape[1], h, method, antialias)
+    taps_w = _two_taps(x.shape[2], w, method, antialias)
+    if taps_h is not None and taps_w is not None:
+      return _resize_two_taps(_resize_two_taps(x, 1, taps_h), 2, taps_w)
   return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method=method, antialias=antialias)
 
 
