@@ -1,7 +1,7 @@
 r"""The embedded default: learned resizer + a small ResNet on `resizer_demo`, on a CPU in minutes.
 
 `resizer_demo` is built offline on first use from photographs shipped in scikit-image/matplotlib;
-the label is which of five degradations (clean, blur, noise, jpeg, lowres) a 256 px crop carries
+the label is which of four degradations (clean, blur, noise, jpeg) a 256 px crop carries
 (see resizer_jax/data/demo.py). Training takes random `input` px crops (128 by default) of the stored
 256 px images -- crops, not rescales, so the degradations survive -- and the resizer takes them to
 `target` px (16 by default: an 8x downscale).
@@ -9,9 +9,10 @@ the label is which of five degradations (clean, blur, noise, jpeg, lowres) a 256
   python -m resizer_jax.main --config=configs/demo.py --workdir=runs/demo
   python -m resizer_jax.main --config=configs/demo.py:resizer=bilinear --workdir=runs/demo_bilinear
 
-Arguments (comma-separated): resizer=learned|bilinear|bicubic|lanczos3|nearest|area, input=128,
-target=16,
-antialias=false, seed=0, tiny (a few steps on the 55-example `tiny` build, for tests).
+Arguments (comma-separated): resizer=learned|control|bilinear|bicubic|lanczos3|nearest|area
+(control: the same layers applied after a bilinear downscale, see LearnedResizer.features_at_target),
+input=128, target=16, antialias=false, seed=0, tiny (12 steps on the 44-example `tiny` build, for
+tests).
 """
 import ml_collections
 
@@ -19,7 +20,8 @@ from resizer_jax import config_args
 
 
 def get_config(arg=None):
-  arg = config_args.parse_arg(arg, resizer="learned", input=128, target=16, antialias=False, seed=0, tiny=False)
+  arg = config_args.parse_arg(arg, resizer="learned", input=128, target=16, antialias=False, seed=0,
+                              tiny=False)
   config = ml_collections.ConfigDict()
   config.seed = arg["seed"]
   config.dtype = "float32"
@@ -40,7 +42,7 @@ def get_config(arg=None):
       name=arg["resizer"],
       output_size=(arg["target"], arg["target"]),
       antialias=arg["antialias"],
-      # Used by resizer=learned only.
+      # Used by resizer=learned|control only.
       num_filters=16,
       num_res_blocks=1,
       interpolation="bilinear",

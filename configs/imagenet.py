@@ -6,7 +6,7 @@ Reads TFDS `imagenet2012` from $TFDS_DATA_DIR (a local path or gs://...); see RE
       --workdir=gs://BUCKET/runs/r50_learned_448
   python -m resizer_jax.main --config=configs/imagenet.py:resizer=bilinear,input=448 --workdir=...
 
-Arguments: backbone=resnet50 (see resizer_jax.models.BACKBONES), resizer=learned|bilinear|bicubic|
+Arguments: backbone=resnet50 (see resizer_jax.models.BACKBONES), resizer=learned|control|bilinear|bicubic|
 lanczos3|nearest|area, input=224|256|320|368|448 (the resizer's input, i.e. the crop resolution),
 target=224 (the backbone's input), antialias=false, seed=0, finetune (the paper's 0.005 learning rate
 for a backbone initialised from a trained baseline).

@@ -113,7 +113,7 @@ def test_get_resizer_by_name():
                     models.LearnedResizer)
   baseline = models.get_resizer("lanczos3", output_size=8, antialias=True)
   assert (baseline.method, baseline.antialias) == ("lanczos3", True)
-  with pytest.raises(ValueError, match=r"unknown resizer 'bilenear'; valid: learned, bilinear"):
+  with pytest.raises(ValueError, match=r"unknown resizer 'bilenear'; valid: learned, control, bilinear"):
     models.get_resizer("bilenear", output_size=8, antialias=False)
 
 
@@ -125,3 +125,18 @@ def test_bad_sizes_and_interpolations_are_named():
     models.LearnedResizer().init(jax.random.key(0), x)
   with pytest.raises(ValueError, match=r"unknown interpolation 'cubic'; valid: bilinear, bicubic"):
     models.LearnedResizer(output_size=4, interpolation="cubic").init(jax.random.key(0), x)
+
+
+def test_capacity_control_has_the_same_layers_applied_at_the_target():
+  x = jax.random.uniform(jax.random.key(7), (2, 48, 40, 3))
+  learned = models.get_resizer("learned", output_size=(12, 10), antialias=False)
+  control = models.get_resizer("control", output_size=(12, 10), antialias=False)
+  v_learned, v_control = learned.init(jax.random.key(0), x), control.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, v_learned) == jax.tree.map(jnp.shape, v_control)
+  assert _count(v_control["params"]) == 12_035
+  # Same weights, but the control's first conv never sees the full-resolution pixels: it equals
+  # the learned resizer run on the already-downscaled image.
+  small = models.FixedResizer(output_size=(12, 10)).apply({}, x)
+  np.testing.assert_allclose(control.apply(v_learned, x), learned.apply(v_learned, small),
+                             rtol=1e-5, atol=1e-5)
+  assert np.abs(control.apply(v_learned, x) - learned.apply(v_learned, x)).max() > 1e-3

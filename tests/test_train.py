@@ -163,7 +163,7 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(data_dir, tmp_path):
 
 
 def test_unknown_names_are_clear_errors(data_dir, tmp_path):
-  with pytest.raises(ValueError, match=r"unknown resizer 'bilinar'; valid: learned, bilinear"):
+  with pytest.raises(ValueError, match=r"unknown resizer 'bilinar'; valid: learned, control, bilinear"):
     train.train_and_evaluate(demo_config(data_dir, "tiny,resizer=bilinar"), str(tmp_path))
   config = demo_config(data_dir)
   config.backbone.name = "resnet5O"

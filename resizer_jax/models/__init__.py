@@ -63,6 +63,6 @@ def from_config(config) -> ResizedModel:
   resizer_kwargs = dict(num_filters=r.num_filters, num_res_blocks=r.num_res_blocks,
                         interpolation=r.interpolation, zero_init_tail=r.zero_init_tail, dtype=dtype)
   resizer = get_resizer(r.name, output_size=r.get("output_size"), scale=r.get("scale"),
-                        antialias=r.antialias, **(resizer_kwargs if r.name == "learned" else {}))
+                        antialias=r.antialias, **(resizer_kwargs if r.name in ("learned", "control") else {}))
   backbone = get_backbone(config.backbone.name, num_classes=config.num_classes, dtype=dtype)
   return ResizedModel(resizer=resizer, backbone=backbone, dtype=dtype)

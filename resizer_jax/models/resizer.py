@@ -17,7 +17,7 @@ import numpy as np
 # Interpolations of the fixed resizers. "area" is the box filter over each output pixel's footprint
 # (tf.image.resize "area"); it always integrates, so `antialias` does not change it.
 METHODS = ("bilinear", "bicubic", "lanczos3", "lanczos5", "nearest", "area")
-RESIZERS = ("learned",) + METHODS
+RESIZERS = ("learned", "control") + METHODS
 
 
 def check_method(method: str) -> str:
@@ -143,6 +143,9 @@ class LearnedResizer(nn.Module):
     antialias: passed to every resize (jax antialiases downscales by default; tf does not).
     zero_init_tail: zero-initialise the last 7x7 conv, so that a fresh resizer is exactly the
       baseline resize and training departs from it.
+    features_at_target: the capacity control (resizer name "control"): resize first, then apply
+      the very same layers (same parameter count) at the target resolution. It tells whether a gain
+      comes from learned features at full resolution or merely from the extra parameters.
   """
   output_size: Any = None
   scale: Any = None
@@ -151,6 +154,7 @@ class LearnedResizer(nn.Module):
   interpolation: str = "bilinear"
   antialias: bool = False
   zero_init_tail: bool = False
+  features_at_target: bool = False
   bn_momentum: float = 0.9  # PyTorch's momentum=0.1, as in the public ports.
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
@@ -168,6 +172,9 @@ class LearnedResizer(nn.Module):
                              antialias=self.antialias)
 
     skip = size(x)
+    if self.features_at_target:
+      x = skip
+      size = lambda h: h
     h = nn.leaky_relu(conv(n, (7, 7), name="stem_conv7x7")(x), 0.2)
     h = nn.leaky_relu(conv(n, (1, 1), name="stem_conv1x1")(h), 0.2)
     b = size(norm(name="stem_bn")(h))
@@ -181,10 +188,10 @@ class LearnedResizer(nn.Module):
 
 
 def get_resizer(name: str, *, output_size=None, scale=None, antialias: bool, **learned_kwargs):
-  """The resizer called `name` (see RESIZERS); `learned_kwargs` go to LearnedResizer only."""
-  if name == "learned":
+  """The resizer called `name` (see RESIZERS); `learned_kwargs` go to learned/control only."""
+  if name in ("learned", "control"):
     return LearnedResizer(output_size=output_size, scale=scale, antialias=antialias,
-                          **learned_kwargs)
+                          features_at_target=name == "control", **learned_kwargs)
   if name in METHODS:
     return FixedResizer(output_size=output_size, scale=scale, method=name, antialias=antialias)
   raise ValueError(f"unknown resizer {name!r}; valid: {', '.join(RESIZERS)}")

@@ -1,0 +1,74 @@
+"""`resizer_jax.load(workdir)`: a trained run in a notebook, without its config file or mesh.
+
+  import resizer_jax
+  run = resizer_jax.load("runs/demo")
+  run.config.resizer, run.step
+  small = run.resize(images)     # the resizer's output, in the images' own value convention
+  logits = run.predict(images)   # resizer -> backbone
+
+Everything comes from the checkpoint (its `meta` item carries the config); arrays are restored onto
+this process's first device whatever mesh wrote them, and `variables` are host numpy arrays.
+"""
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from resizer_jax import checkpoint
+from resizer_jax import models
+
+
+@dataclasses.dataclass
+class Run:
+  config: ml_collections.ConfigDict
+  step: int
+  variables: dict  # {"params": ..., "batch_stats": ...} as numpy arrays.
+  model: Any
+
+  def _pixels(self, images):
+    """uint8 images as they are; float images are taken in [0, 1] and scaled to pixel units."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+      images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"images must be (H, W, 3) or (N, H, W, 3), got shape {images.shape}")
+    if np.issubdtype(images.dtype, np.integer):
+      return images.astype(np.float32), 1.0
+    return images.astype(np.float32) * 255.0, 1.0 / 255.0
+
+  def resize(self, images) -> np.ndarray:
+    """The resizer's output for images of any size, float, in the input's value convention
+    (0..255 for integer input, 0..1 for float input). Not clipped: a learned resizer's output is not
+    meant to look natural."""
+    pixels, unit = self._pixels(images)
+    out = _resize_fn(self.model)(self.variables, jnp.asarray(pixels))
+    return np.asarray(out) * unit
+
+  def predict(self, images) -> np.ndarray:
+    """Logits of the whole model (resizer -> backbone) in eval mode."""
+    pixels, _ = self._pixels(images)
+    return np.asarray(_predict_fn(self.model)(self.variables, jnp.asarray(pixels)))
+
+
+def _resize_fn(model):
+  def resize(variables, pixels):
+    resizer_vars = {k: v["resizer"] for k, v in variables.items() if "resizer" in v}
+    out = model.resizer.apply(resizer_vars, models.normalize(pixels), train=False)
+    # Back from the normalised space the resizer works in to pixel units.
+    return out * jnp.asarray(models.STDDEV_RGB) + jnp.asarray(models.MEAN_RGB)
+  return jax.jit(resize)
+
+
+def _predict_fn(model):
+  return jax.jit(lambda variables, pixels: model.apply(variables, pixels, train=False))
+
+
+def load(workdir: str, step: int | None = None) -> Run:
+  """The run in `workdir` at `step` (default: the latest checkpoint)."""
+  step, state, meta = checkpoint.load(workdir, step)
+  config = ml_collections.ConfigDict(meta["config"])
+  variables = jax.device_get({k: state[k] for k in ("params", "batch_stats") if state.get(k)})
+  return Run(config=config, step=step, variables=variables, model=models.from_config(config))
