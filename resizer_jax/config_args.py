@@ -3,15 +3,20 @@ import importlib.util
 import os
 
 
-def load_config(path_and_arg: str):
-  """`get_config(arg)` of the config file at `path[:arg]`, as --config=path[:arg] would give it."""
-  path, _, arg = path_and_arg.partition(":")
+def load_module(path: str):
+  """The config file at `path` as a module (its get_config, and sweep if it has one)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no config file at {path!r}")
   spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return module
+
+
+def load_config(path_and_arg: str):
+  """`get_config(arg)` of the config file at `path[:arg]`, as --config=path[:arg] would give it."""
+  path, _, arg = path_and_arg.partition(":")
+  return load_module(path).get_config(arg or None)
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:

@@ -1,0 +1,195 @@
+"""Sweeps: a config file's `sweep(add, arg)` run point by point, then aggregated with uncertainty.
+
+  python -m resizer_jax.sweep --config=configs/demo.py --workdir=runs/demo_sweep
+  rows = resizer_jax.sweep.run("configs/demo.py:tiny", "runs/tiny_sweep")
+
+A config file may define, next to `get_config(arg)`:
+
+  def sweep(add, arg=None):
+    for seed in (0, 1, 2):
+      add(resizer="learned", target=16, seed=seed)   # one run: get_config("...,resizer=learned,...")
+
+Each point's overrides are config *arguments* (the `:k=v,...` of --config), so a point is exactly
+what `python -m resizer_jax.main --config=FILE:ARG` would train. `grid(add, **axes)` adds the
+cartesian product in one line. Each point trains in `DIR/<name>`; a finished point (its
+`result.json` exists) is not retrained on a rerun and an unfinished one resumes from its checkpoint.
+After the points: `DIR/results.csv` (one row per run), `DIR/results.md` (mean ± 95% CI over seeds per
+cell, and the learned − baseline difference paired by seed) and `DIR/results.png`.
+"""
+import csv
+import itertools
+import json
+import math
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+from scipy import stats
+
+from resizer_jax import config_args
+
+METRIC = "eval/accuracy"
+
+
+def grid(add, **axes):
+  """add() every combination of the given values: grid(add, target=[16, 32], seed=[0, 1])."""
+  names = list(axes)
+  for values in itertools.product(*(axes[n] for n in names)):
+    add(**dict(zip(names, values)))
+
+
+def points(config: str) -> list[dict]:
+  """Each point of the sweep in `config` ("path[:arg]"): its name, overrides and full argument."""
+  path, _, arg = config.partition(":")
+  module = config_args.load_module(path)
+  if not hasattr(module, "sweep"):
+    raise ValueError(f"{path} defines no sweep(add, arg=None)")
+  base = dict(kv.partition("=")[::2] for kv in filter(None, (arg or "").split(",")))
+  found = []
+
+  def add(**overrides):
+    text = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in overrides.items()}
+    full = ",".join(k if v == "" else f"{k}={v}" for k, v in {**base, **text}.items())
+    found.append({"name": ",".join(f"{k}={v}" for k, v in text.items()), "overrides": overrides,
+                  "arg": full})
+
+  module.sweep(add, arg or None)
+  names = [p["name"] for p in found]
+  if len(set(names)) != len(names):
+    raise ValueError(f"{path}: sweep adds a point twice: {sorted({n for n in names if names.count(n) > 1})}")
+  return found
+
+
+def run(config: str, workdir: str) -> list[dict]:
+  """Trains every point of the sweep in turn (skipping finished ones); returns and writes results."""
+  from resizer_jax import train  # pylint: disable=g-import-not-at-top  # Heavy; not for --dry-run.
+  path = config.partition(":")[0]
+  rows = []
+  for point in points(config):
+    point_dir = os.path.join(workdir, point["name"])
+    result_path = os.path.join(point_dir, "result.json")
+    if os.path.exists(result_path):
+      with open(result_path) as f:
+        result = json.load(f)
+    else:
+      logging.info("Sweep point %s: %s:%s", point["name"], path, point["arg"])
+      os.makedirs(point_dir, exist_ok=True)
+      metrics = train.train_and_evaluate(config_args.load_config(f"{path}:{point['arg']}"),
+                                         point_dir)
+      with open(os.path.join(point_dir, "metrics.jsonl")) as f:
+        step = json.loads(f.readlines()[-1])["step"]
+      result = {**point["overrides"], "step": step, **metrics}
+      # Written last and atomically: its presence means the point is finished.
+      with open(result_path + ".tmp", "w") as f:
+        json.dump(result, f)
+      os.replace(result_path + ".tmp", result_path)
+    rows.append(result)
+  write_results(rows, workdir)
+  return rows
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
+  """(mean, half-width of the t confidence interval); the half-width is nan for one value."""
+  values = np.asarray(values, np.float64)
+  if len(values) < 2:
+    return float(values.mean()), math.nan
+  half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+  return float(values.mean()), float(half)
+
+
+def _cells(rows):
+  """{(other overrides..., resizer): {seed: metric}}, the factors being every non-seed override."""
+  cells = {}
+  for r in rows:
+    key = tuple(sorted((k, str(v)) for k, v in r.items()
+                       if k not in ("seed", "step") and not k.startswith("eval/")))
+    cells.setdefault(key, {})[r.get("seed", 0)] = r[METRIC]
+  return cells
+
+
+def write_results(rows, workdir):
+  """results.csv, results.md and results.png in `workdir`."""
+  columns = sorted({k for r in rows for k in r if not k.startswith("eval/")}) + sorted(
+      {k for r in rows for k in r if k.startswith("eval/")})
+  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+
+  cells = _cells(rows)
+  lines = [f"{METRIC}: mean ± 95% CI (t) over seeds", "", "| cell | seeds | mean | ± 95% CI |",
+           "|---|---:|---:|---:|"]
+  for key, by_seed in sorted(cells.items()):
+    mean, half = mean_ci(list(by_seed.values()))
+    lines.append(f"| {', '.join(f'{k}={v}' for k, v in key)} | {len(by_seed)} | {mean:.4f} | {half:.4f} |")
+  diffs = []
+  for key, by_seed in sorted(cells.items()):
+    props = dict(key)
+    if props.get("resizer") in (None, "bilinear", "bicubic"):
+      continue
+    for base in ("bilinear", "bicubic"):
+      base_key = tuple(sorted({**props, "resizer": base}.items()))
+      if base_key in cells:
+        seeds = sorted(set(by_seed) & set(cells[base_key]))
+        if seeds:
+          mean, half = mean_ci([by_seed[s] - cells[base_key][s] for s in seeds])
+          rest = ", ".join(f"{k}={v}" for k, v in key if k != "resizer")
+          diffs.append(f"| {rest} | {props['resizer']} − {base} | {len(seeds)} | {mean:+.4f} | {half:.4f} |")
+  if diffs:
+    lines += ["", "Difference to the baseline, paired by seed:", "",
+              "| cell | difference | seeds | mean | ± 95% CI |", "|---|---|---:|---:|---:|"] + diffs
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  _plot(cells, os.path.join(workdir, "results.png"))
+
+
+def _plot(cells, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  lines = {}
+  for key, by_seed in cells.items():
+    props = dict(key)
+    x = float(props.get("target", 0))
+    label = ", ".join(f"{k}={v}" for k, v in key if k != "target")
+    lines.setdefault(label, []).append((x, *mean_ci(list(by_seed.values()))))
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, pts in sorted(lines.items()):
+    x, mean, half = map(np.asarray, zip(*sorted(pts)))
+    ax.plot(x, mean, marker="o", label=label)
+    half = np.nan_to_num(half)
+    ax.fill_between(x, mean - half, mean + half, alpha=0.2)
+  ax.set_xlabel("target resolution (px)")
+  ax.set_ylabel(f"{METRIC} (mean ± 95% CI over seeds)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", None, "Config file with a sweep(add, arg): path[:arg].")
+flags.DEFINE_string("workdir", None, "Each point trains in WORKDIR/<point name>.")
+flags.DEFINE_bool("dry_run", False, "Print each point's training command instead of running it.")
+
+
+def main(argv):
+  del argv
+  path = FLAGS.config.partition(":")[0]
+  if FLAGS.dry_run:
+    for name, arg in points(FLAGS.config):
+      print(f"python -m resizer_jax.main --config={path}:{arg} "
+            f"--workdir={os.path.join(FLAGS.workdir, name)}")
+    return
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  rows = run(FLAGS.config, FLAGS.workdir)
+  print(open(os.path.join(FLAGS.workdir, "results.md")).read())
+  logging.info("%d runs; results in %s", len(rows), FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,60 @@
+"""Sweeps: the demo's tiny sweep trained point by point, rerun without retraining, aggregated."""
+import csv
+import math
+import os
+import pathlib
+
+import pytest
+
+from resizer_jax import sweep
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = f"{REPO}/configs/demo.py:tiny"
+
+
+def test_points_are_config_arguments():
+  points = sweep.points(TINY)
+  assert len(points) == 8
+  assert points[0] == {"name": "target=8,resizer=bilinear,seed=0",
+                       "overrides": {"target": 8, "resizer": "bilinear", "seed": 0},
+                       "arg": "tiny,target=8,resizer=bilinear,seed=0"}
+  assert len({p["name"] for p in points}) == 8
+  assert len(sweep.points(f"{REPO}/configs/demo.py")) == 2 * 3 * 3
+
+
+def test_mean_ci_is_the_t_interval():
+  mean, half = sweep.mean_ci([0.5, 0.7, 0.6])
+  # sd = 0.1, n = 3, t(0.975, df=2) = 4.302653
+  assert mean == pytest.approx(0.6)
+  assert half == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-6)
+  assert math.isnan(sweep.mean_ci([0.5])[1])
+
+
+def test_tiny_sweep_trains_reruns_without_retraining_and_aggregates(data_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
+  workdir = str(tmp_path)
+  rows = sweep.run(TINY, workdir)
+  assert len(rows) == 8
+  assert {(r["target"], r["resizer"], r["seed"]) for r in rows} == {
+      (t, r, s) for t in (8, 16) for r in ("bilinear", "learned") for s in (0, 1)}
+  assert all(r["step"] == 12 and 0 <= r["eval/accuracy"] <= 1 for r in rows)
+
+  checkpoints = {p: p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("checkpoints/*")}
+  assert sweep.run(TINY, workdir) == rows
+  assert {p: p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("checkpoints/*")} == checkpoints
+
+  with open(os.path.join(workdir, "results.csv")) as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == 8 and {"resizer", "target", "seed", "step", "eval/accuracy"} <= set(table[0])
+
+  md = open(os.path.join(workdir, "results.md")).read()
+  for target in (8, 16):
+    learned = [r["eval/accuracy"] for r in rows if (r["target"], r["resizer"]) == (target, "learned")]
+    mean, half = sweep.mean_ci(learned)
+    assert f"| resizer=learned, target={target} | 2 | {mean:.4f} | {half:.4f} |" in md
+    by_seed = {(r["resizer"], r["seed"]): r["eval/accuracy"] for r in rows if r["target"] == target}
+    diff_mean, diff_half = sweep.mean_ci([by_seed["learned", s] - by_seed["bilinear", s]
+                                          for s in (0, 1)])
+    assert f"| target={target} | learned − bilinear | 2 | {diff_mean:+.4f} | {diff_half:.4f} |" in md
+  with open(os.path.join(workdir, "results.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
