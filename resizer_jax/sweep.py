@@ -170,18 +170,23 @@ def _plot(cells, path):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "Config file with a sweep(add, arg): path[:arg].")
-flags.DEFINE_string("workdir", None, "Each point trains in WORKDIR/<point name>.")
-flags.DEFINE_bool("dry_run", False, "Print each point's training command instead of running it.")
+
+
+def _define_flags():
+  # Only when run as a program: config files import this module (for grid) a second time.
+  flags.DEFINE_string("config", None, "Config file with a sweep(add, arg): path[:arg].")
+  flags.DEFINE_string("workdir", None, "Each point trains in WORKDIR/<point name>.")
+  flags.DEFINE_bool("dry_run", False, "Print each point's training command instead of running it.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
   path = FLAGS.config.partition(":")[0]
   if FLAGS.dry_run:
-    for name, arg in points(FLAGS.config):
-      print(f"python -m resizer_jax.main --config={path}:{arg} "
-            f"--workdir={os.path.join(FLAGS.workdir, name)}")
+    for point in points(FLAGS.config):
+      print(f"python -m resizer_jax.main --config={path}:{point['arg']} "
+            f"--workdir={os.path.join(FLAGS.workdir, point['name'])}")
     return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
@@ -191,5 +196,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  _define_flags()
   app.run(main)

@@ -3,6 +3,8 @@ import csv
 import math
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +22,17 @@ def test_points_are_config_arguments():
                        "arg": "tiny,target=8,resizer=bilinear,seed=0"}
   assert len({p["name"] for p in points}) == 8
   assert len(sweep.points(f"{REPO}/configs/demo.py")) == 2 * 3 * 3
+
+
+def test_dry_run_prints_each_runs_command(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "resizer_jax.sweep", f"--config={TINY}",
+                        f"--workdir={tmp_path}", "--dry_run"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120, check=True)
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 8
+  assert lines[0] == (f"python -m resizer_jax.main --config={REPO}/configs/demo.py:tiny,target=8,"
+                      f"resizer=bilinear,seed=0 --workdir={tmp_path}/target=8,resizer=bilinear,seed=0")
+  assert not os.listdir(tmp_path)
 
 
 def test_mean_ci_is_the_t_interval():
