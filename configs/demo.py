@@ -74,6 +74,7 @@ def get_config(arg=None):
   config.eval_every_steps = 6 if arg["tiny"] else 100
   config.checkpoint_every_steps = 6 if arg["tiny"] else 100
   config.max_checkpoints_to_keep = 3
+  config.num_pictures = 4  # Eval images shown as original | baseline | learned.
   return config
 
 

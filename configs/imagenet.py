@@ -75,4 +75,5 @@ def get_config(arg=None):
   config.eval_every_steps = 5000
   config.checkpoint_every_steps = 2000
   config.max_checkpoints_to_keep = 3
+  config.num_pictures = 4  # Eval images shown as original | baseline | learned.
   return config

@@ -10,10 +10,10 @@ Everything comes from the checkpoint (its `meta` item carries the config); array
 this process's first device whatever mesh wrote them, and `variables` are host numpy arrays.
 """
 import dataclasses
+import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -44,26 +44,14 @@ class Run:
     (0..255 for integer input, 0..1 for float input). Not clipped: a learned resizer's output is not
     meant to look natural."""
     pixels, unit = self._pixels(images)
-    out = _resize_fn(self.model)(self.variables, jnp.asarray(pixels))
+    out = jax.jit(functools.partial(models.resize_pixels, self.model))(self.variables, pixels)
     return np.asarray(out) * unit
 
   def predict(self, images) -> np.ndarray:
     """Logits of the whole model (resizer -> backbone) in eval mode."""
     pixels, _ = self._pixels(images)
-    return np.asarray(_predict_fn(self.model)(self.variables, jnp.asarray(pixels)))
-
-
-def _resize_fn(model):
-  def resize(variables, pixels):
-    resizer_vars = {k: v["resizer"] for k, v in variables.items() if "resizer" in v}
-    out = model.resizer.apply(resizer_vars, models.normalize(pixels), train=False)
-    # Back from the normalised space the resizer works in to pixel units.
-    return out * jnp.asarray(models.STDDEV_RGB) + jnp.asarray(models.MEAN_RGB)
-  return jax.jit(resize)
-
-
-def _predict_fn(model):
-  return jax.jit(lambda variables, pixels: model.apply(variables, pixels, train=False))
+    predict = jax.jit(lambda variables, pixels: self.model.apply(variables, pixels, train=False))
+    return np.asarray(predict(self.variables, pixels))
 
 
 def load(workdir: str, step: int | None = None) -> Run:

@@ -23,6 +23,7 @@ import optax
 
 from resizer_jax import checkpoint
 from resizer_jax import models
+from resizer_jax import pictures
 from resizer_jax.data import input_pipeline
 
 
@@ -227,6 +228,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_fn = jax.jit(functools.partial(eval_step, model=model),
                     in_shardings=(state_sharding, sharded), out_shardings=replicated)
 
+  # --- Pictures of the resizer's output on a few fixed eval images (resizers with parameters).
+  sample = None
+  if is_chief and config.get("num_pictures") and "resizer" in abstract.params:
+    ds, _ = input_pipeline.eval_dataset(builder, config.data, global_batch=config.eval_batch_size)
+    sample = next(ds.as_numpy_iterator())["image"][:config.num_pictures]
+
   # --- Train.
   train_iter = input_pipeline.train_dataset(builder, config.data, global_batch=config.batch_size,
                                             seed=config.seed, start_step=start_step)
@@ -253,6 +260,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           with progress.timed("eval"):
             eval_metrics = evaluate(eval_fn, state, builder, config, to_global)
           scalars.update(eval_metrics)
+          if sample is not None:
+            resizer_vars = jax.device_get({k: {"resizer": v["resizer"]} for k, v in (
+                ("params", state.params), ("batch_stats", state.batch_stats)) if "resizer" in v})
+            pictures.write(writer, workdir, step, pictures.panel(model, resizer_vars, sample, config))
         writer.write_scalars(step, scalars)  # The default writer also logs them to the console.
         if step % config.checkpoint_every_steps == 0 or last:
           checkpoint.save(mngr, step, state, config)

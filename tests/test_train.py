@@ -8,6 +8,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from PIL import Image
 import pytest
 
 from resizer_jax import train
@@ -69,6 +70,15 @@ def test_tiny_demo_trains_on_8_devices_and_loss_falls(run_8_devices):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   step, _ = saved_state(workdir)
   assert step == config.num_train_steps
+  # Pictures at every eval: one row per sample image of original | baseline | learned.
+  size = config.data.input_size
+  for eval_step in (config.eval_every_steps, config.num_train_steps):
+    with Image.open(os.path.join(workdir, "pictures", f"step_{eval_step:08d}.png")) as im:
+      picture = np.asarray(im)
+    assert picture.shape == (config.num_pictures * size, 3 * size, 3)
+    baseline, learned = picture[:, size:2 * size], picture[:, 2 * size:]
+    assert learned.min() == 0 and learned.max() == 255  # Stretched.
+    assert not np.array_equal(baseline, learned)
 
 
 def test_one_device_cli_run_ends_with_the_same_parameters(run_8_devices, data_dir, tmp_path):

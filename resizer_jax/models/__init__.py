@@ -42,6 +42,13 @@ def normalize(images, dtype=jnp.float32):
   return (images.astype(dtype) - jnp.asarray(MEAN_RGB, dtype)) / jnp.asarray(STDDEV_RGB, dtype)
 
 
+def resize_pixels(model: "ResizedModel", variables, pixels):
+  """The model's resizer applied (eval mode) to uint8-range pixels, answered in pixel units."""
+  resizer_vars = {k: v["resizer"] for k, v in variables.items() if "resizer" in v}
+  out = model.resizer.apply(resizer_vars, normalize(pixels), train=False)
+  return out * jnp.asarray(STDDEV_RGB) + jnp.asarray(MEAN_RGB)
+
+
 class ResizedModel(nn.Module):
   """pixels -> normalize -> resizer -> backbone (with its head).
 
