@@ -70,3 +70,19 @@ def test_a_run_trained_on_8_devices_loads_in_a_1_device_process(learned_run, tmp
   assert (devices, step) == (1, run.step)
   np.testing.assert_allclose(small, run.resize(IMAGES), rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(logits, run.predict(IMAGES), rtol=1e-4, atol=1e-4)
+
+
+def test_the_example_notebook_executes_on_one_cpu(learned_run, tmp_path):
+  """Runs every code cell of notebooks/restore.ipynb, in order, in a fresh 1-device process."""
+  with open(REPO / "notebooks" / "restore.ipynb") as f:
+    cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
+  script = tmp_path / "notebook.py"
+  script.write_text("import matplotlib\nmatplotlib.use('Agg')\n" +
+                    "\n\n".join("".join(c["source"]) for c in cells) +
+                    "\nprint('SHAPE', small.shape, 'LOGITS', logits.shape)\n")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             RESIZER_WORKDIR=learned_run[0])
+  out = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "SHAPE (1, 16, 16, 3) LOGITS (1, 4)" in out.stdout
