@@ -160,12 +160,13 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
 
 
 def evaluate(eval_fn, state, builder, config, to_global) -> dict:
-  ds, num_steps = input_pipeline.eval_dataset(builder, config.data, global_batch=config.eval_batch_size)
+  ds, _ = input_pipeline.eval_dataset(builder, config.data, global_batch=config.eval_batch_size)
   total = None
   for batch in ds.as_numpy_iterator():
     m = eval_fn(state, to_global(batch))
     total = m if total is None else total.merge(m)
-  assert num_steps > 0
+  if total is None:
+    raise ValueError(f"eval split {config.data.eval_split!r} of {config.data.name} is empty")
   return {f"eval/{k}": float(v) for k, v in total.compute().items()}
 
 
