@@ -13,8 +13,10 @@ import orbax.checkpoint as ocp
 
 
 def manager(workdir: str, max_to_keep: int | None = None, create: bool = False):
+  # Orbax wants absolute paths; gs://... and other remote paths already are.
+  root = workdir if "://" in workdir else os.path.abspath(workdir)
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      os.path.join(root, "checkpoints"),
       item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create))
 

@@ -3,8 +3,9 @@
 The learned output is shown with its own per-image contrast stretch: it is not meant to look natural,
 and clipping it to the pixel range would hide most of it.
 """
-import os
+import io
 
+from etils import epath
 import jax
 import numpy as np
 from PIL import Image
@@ -39,5 +40,8 @@ def panel(model, variables, images: np.ndarray, config) -> np.ndarray:
 def write(writer, workdir: str, step: int, image: np.ndarray):
   """To TensorBoard (through the clu writer) and as workdir/pictures/step_<step>.png."""
   writer.write_images(step, {"resizer/original|baseline|learned": image[None]})
-  os.makedirs(os.path.join(workdir, "pictures"), exist_ok=True)
-  Image.fromarray(image).save(os.path.join(workdir, "pictures", f"step_{step:08d}.png"))
+  folder = epath.Path(workdir) / "pictures"
+  folder.mkdir(parents=True, exist_ok=True)
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG")
+  (folder / f"step_{step:08d}.png").write_bytes(buf.getvalue())

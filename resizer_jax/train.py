@@ -13,6 +13,7 @@ from absl import logging
 from clu import metric_writers
 from clu import metrics as clu_metrics
 from clu import periodic_actions
+from etils import epath
 import flax
 from flax.training import train_state
 import jax
@@ -132,21 +133,30 @@ def eval_step(state: TrainState, batch, *, model):
 # ----------------------------------------------------------------------------------------------
 # Metrics: TensorBoard through clu, and workdir/metrics.jsonl (one JSON object per logged step).
 # ----------------------------------------------------------------------------------------------
+def _write_atomically(path: epath.Path, text: str):
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
 class JsonlWriter(metric_writers.interface.MetricWriter):
-  """Appends scalars as `{"step": ..., name: value, ...}` lines; other summaries are TB-only."""
+  """`{"step": ..., name: value, ...}` lines; other summaries are TB-only.
+
+  The file is rewritten (atomically) at each write rather than appended to: object stores such as
+  gs:// cannot append, and a log of scalars is small.
+  """
 
   def __init__(self, path: str, resume_step: int):
-    self._path = path
-    if os.path.exists(path):  # Drop what a crashed run logged after its last checkpoint.
-      with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
-      with open(path + ".tmp", "w") as f:
-        f.writelines(keep)
-      os.replace(path + ".tmp", path)
+    self._path = epath.Path(path)
+    self._lines = []
+    if self._path.exists():  # Drop what a crashed run logged after its last checkpoint.
+      self._lines = [line for line in self._path.read_text().splitlines()
+                     if line.strip() and json.loads(line)["step"] <= resume_step]
+      _write_atomically(self._path, "".join(l + "\n" for l in self._lines))
 
   def write_scalars(self, step, scalars):
-    with open(self._path, "a") as f:
-      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+    self._lines.append(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}))
+    _write_atomically(self._path, "".join(l + "\n" for l in self._lines))
 
   def write_summaries(self, step, values, metadata=None): pass
   def write_images(self, step, images): pass
@@ -217,8 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if is_chief:
     writer = metric_writers.MultiWriter(
         [writer, JsonlWriter(os.path.join(workdir, "metrics.jsonl"), start_step)])
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    _write_atomically(epath.Path(workdir) / "config.json", config.to_json_best_effort(indent=2))
   params = sum(x.size for x in jax.tree.leaves(abstract.params))
   resizer_params = sum(x.size for x in jax.tree.leaves(abstract.params.get("resizer", {})))
   logging.info("Model: %s resizer -> %s; %d parameters (%d in the resizer). %d steps of %d "
