@@ -142,8 +142,7 @@ def _write_atomically(path: epath.Path, text: str):
 class JsonlWriter(metric_writers.interface.MetricWriter):
   """`{"step": ..., name: value, ...}` lines; other summaries are TB-only.
 
-  The file is rewritten (atomically) at each write rather than appended to: object stores such as
-  gs:// cannot append, and a log of scalars is small.
+  Appended to locally; on object stores such as gs://, which cannot append, rewritten atomically.
   """
 
   def __init__(self, path: str, resume_step: int):
@@ -155,8 +154,13 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
       _write_atomically(self._path, "".join(l + "\n" for l in self._lines))
 
   def write_scalars(self, step, scalars):
-    self._lines.append(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}))
-    _write_atomically(self._path, "".join(l + "\n" for l in self._lines))
+    line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
+    self._lines.append(line)
+    if "://" in str(self._path):
+      _write_atomically(self._path, "".join(l + "\n" for l in self._lines))
+    else:
+      with self._path.open("a") as f:
+        f.write(line + "\n")
 
   def write_summaries(self, step, values, metadata=None): pass
   def write_images(self, step, images): pass
