@@ -53,6 +53,9 @@ def get_config(arg=None):
   # fresh. The paper fine-tunes from a baseline trained with a fixed resizer.
   config.init_from = ml_collections.config_dict.placeholder(str)
 
+  # (axis, size) pairs over all devices, -1 = the rest; the batch is split over every axis. Add
+  # ("fsdp", k) to split large parameters and optimiser state k ways instead of replicating them.
+  config.mesh = (("data", -1),)
   config.batch_size = 16 if arg["tiny"] else 32
   config.eval_batch_size = 16 if arg["tiny"] else 64
   config.num_epochs = 12.0

@@ -1,11 +1,18 @@
 """The trainer: `train_and_evaluate(config, workdir)`, meant to be read top to bottom.
 
-One jit-compiled step on a device mesh: the global batch is sharded over the `data` axis, the state
-is replicated, and under jit the BatchNorm statistics of a sharded batch are global without a pmean.
+One jit-compiled step on a device mesh (`config.mesh`): the global batch is sharded over every mesh
+axis, the state is replicated -- or, with an `fsdp` axis, its large arrays are split over that axis
+and gathered by XLA where the step needs them. Under jit the BatchNorm statistics of a sharded batch
+are global without a pmean. The same code runs on one process or many (`jax.distributed`): every
+process feeds its share of the batch and takes part in checkpoint saves; process 0 writes the logs.
 """
+import contextlib
 import functools
 import json
+import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -97,9 +104,40 @@ def train_step(state: TrainState, batch, *, model, schedule, num_classes: int,
   return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
-def make_mesh():
+def make_mesh(axes=(("data", -1),)):
+  """A mesh over all devices from `config.mesh`: (name, size) pairs, one size may be -1 (the rest)."""
+  names, sizes = [a[0] for a in axes], [int(a[1]) for a in axes]
+  known = math.prod(s for s in sizes if s != -1)
+  if sizes.count(-1) > 1 or known <= 0 or jax.device_count() % known:
+    raise ValueError(f"config.mesh={tuple(map(tuple, axes))} does not fit {jax.device_count()} "
+                     "devices; give (name, size) pairs whose sizes multiply to the device count, "
+                     "one of them may be -1")
+  sizes = [jax.device_count() // known if s == -1 else s for s in sizes]
+  if math.prod(sizes) != jax.device_count():
+    raise ValueError(f"config.mesh={tuple(map(tuple, axes))} has {math.prod(sizes)} devices but "
+                     f"there are {jax.device_count()}")
   # Auto axes: shardings are given at the jit boundary; the model code stays sharding-agnostic.
-  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh(tuple(sizes), tuple(names),
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+
+
+FSDP_MIN_SIZE = 1024  # Smaller arrays cost more to gather than to keep everywhere.
+
+
+def state_sharding(abstract_state, mesh):
+  """Replicated, except with an `fsdp` mesh axis: each array of FSDP_MIN_SIZE elements or more is
+  split over it along its largest divisible dimension (parameters and optimiser state alike)."""
+  replicated = NamedSharding(mesh, P())
+  fsdp = mesh.shape.get("fsdp", 1)
+
+  def spec(x):
+    if fsdp == 1 or x.size < FSDP_MIN_SIZE:
+      return replicated
+    for dim in sorted(range(x.ndim), key=lambda d: -x.shape[d]):
+      if x.shape[dim] % fsdp == 0:
+        return NamedSharding(mesh, P(*[None] * dim, "fsdp"))
+    return replicated
+  return jax.tree.map(spec, abstract_state)
 
 
 def make_init(model, tx, input_size: int):
@@ -185,13 +223,43 @@ def evaluate(eval_fn, state, builder, config, to_global) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# Preemption: SIGTERM (TPU maintenance, SLURM preemption) ends the run after a checkpoint.
+# ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def preemption_notice():
+  """Yields `reached(step, mngr) -> bool`, true once the run should save and stop at `step`.
+
+  With several processes JAX's preemption service (started by jax.distributed.initialize) catches
+  SIGTERM on any of them and all agree on the step to stop at; Orbax asks it. A single process has
+  no such service, so a Python handler notes the signal and the current step is the stop step.
+  """
+  noticed = threading.Event()
+  previous = None
+  if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+    previous = signal.signal(signal.SIGTERM, lambda *_: noticed.set())
+  try:
+    yield lambda step, mngr: noticed.is_set() or mngr.reached_preemption(step)
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+
+
+# ----------------------------------------------------------------------------------------------
 # The run.
 # ----------------------------------------------------------------------------------------------
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final eval metrics."""
-  # --- Devices and mesh: the batch is split over all devices, the state replicated on each.
-  mesh = make_mesh()
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final eval metrics.
+
+  On SIGTERM it finishes the current step, saves it and returns {}: the same call continues.
+  """
+  with preemption_notice() as preempted:
+    return _train_and_evaluate(config, workdir, preempted)
+
+
+def _train_and_evaluate(config, workdir, preempted) -> dict:
+  # --- Devices and mesh: the batch is split over every mesh axis.
+  mesh = make_mesh(config.get("mesh", (("data", -1),)))
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(mesh.axis_names))
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % jax.device_count():
       raise ValueError(f"{key}={config[key]} is not divisible by the number of devices "
@@ -214,13 +282,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   init = make_init(model, tx, config.data.input_size)
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
-  state_sharding = jax.tree.map(lambda _: replicated, abstract)
+  shardings = state_sharding(abstract, mesh)
   mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep, create=True)
   state = checkpoint.restore_latest(mngr, jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, state_sharding),
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings),
       config)
   if state is None:
-    state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
     if config.get("init_from"):
       state = checkpoint.warm_start(state, config.init_from)
   start_step = int(state.step)
@@ -235,12 +303,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   params = sum(x.size for x in jax.tree.leaves(abstract.params))
   resizer_params = sum(x.size for x in jax.tree.leaves(abstract.params.get("resizer", {})))
   logging.info("Model: %s resizer -> %s; %d parameters (%d in the resizer). %d steps of %d "
-               "(%d per epoch), %d devices.", config.resizer.name, config.backbone.name, params,
-               resizer_params, total_steps, config.batch_size, steps_per_epoch, jax.device_count())
+               "(%d per epoch) on mesh %s, %d processes.", config.resizer.name,
+               config.backbone.name, params, resizer_params, total_steps, config.batch_size,
+               steps_per_epoch, dict(mesh.shape), jax.process_count())
 
-  train_fn = jit_train_step(config, model, schedule, state_sharding, sharded)
+  train_fn = jit_train_step(config, model, schedule, shardings, sharded)
   eval_fn = jax.jit(functools.partial(eval_step, model=model),
-                    in_shardings=(state_sharding, sharded), out_shardings=replicated)
+                    in_shardings=(shardings, sharded), out_shardings=replicated)
 
   # --- Pictures of the resizer's output on a few fixed eval images (resizers with parameters).
   sample = None
@@ -263,14 +332,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
         for hook in hooks:
           hook(step)
-        last = step == total_steps
-        if step % config.log_every_steps and step % config.eval_every_steps and not last:
+        last, stop = step == total_steps, preempted(step, mngr)
+        if step % config.log_every_steps and step % config.eval_every_steps and not (last or stop):
           continue
         scalars = {f"train/{k}": v for k, v in train_metrics.compute().items()}
         elapsed, steps = time.time() - last_log[0], step - last_log[1]
         scalars["train/images_per_s"] = steps * config.batch_size / max(elapsed, 1e-9)
         train_metrics, last_log = None, (time.time(), step)
-        if step % config.eval_every_steps == 0 or last:
+        if (step % config.eval_every_steps == 0 or last) and not stop:
           with progress.timed("eval"):
             eval_metrics = evaluate(eval_fn, state, builder, config, to_global)
           scalars.update(eval_metrics)
@@ -279,8 +348,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 ("params", state.params), ("batch_stats", state.batch_stats)) if "resizer" in v})
             pictures.write(writer, workdir, step, pictures.panel(model, resizer_vars, sample, config))
         writer.write_scalars(step, scalars)  # The default writer also logs them to the console.
-        if step % config.checkpoint_every_steps == 0 or last:
+        if step % config.checkpoint_every_steps == 0 or last or stop:
           checkpoint.save(mngr, step, state, config)
+        if stop:
+          logging.warning("Preempted: saved step %d of %d; rerun the same command to continue.",
+                          step, total_steps)
+          return {}
       if not eval_metrics:  # Nothing left to train: report the checkpoint's metrics.
         eval_metrics = evaluate(eval_fn, state, builder, config, to_global)
   finally:

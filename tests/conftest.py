@@ -17,3 +17,17 @@ def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("tfds"))
   tfds.builder("resizer_demo/tiny", data_dir=path).download_and_prepare()
   return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(data_dir, tmp_path_factory):
+  """(workdir, final eval metrics) of the demo's tiny variant trained on 8 devices, once per session.
+
+  Tests may read it and rerun on it, but must leave it as an uninterrupted run left it.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from helpers import demo_config  # pylint: disable=g-import-not-at-top
+  from resizer_jax import train  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 8
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  return workdir, train.train_and_evaluate(demo_config(data_dir), workdir)

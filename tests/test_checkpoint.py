@@ -1,7 +1,6 @@
 """Checkpoints: loading whatever mesh wrote them, and the paper's warm start."""
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -9,18 +8,10 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import demo_config
 from resizer_jax import checkpoint
 from resizer_jax import models
 from resizer_jax import train
-from resizer_jax.config_args import load_config
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def demo_config(data_dir, arg="tiny"):
-  config = load_config(f"{REPO}/configs/demo.py:{arg}")
-  config.data.data_dir = data_dir
-  return config
 
 
 @pytest.fixture(scope="module")

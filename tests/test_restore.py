@@ -1,7 +1,6 @@
 """`resizer_jax.load`: a run restored from its workdir alone, on another device count."""
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -9,23 +8,17 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import REPO, demo_config
 import resizer_jax
 from resizer_jax import checkpoint
 from resizer_jax import models
-from resizer_jax import train
-from resizer_jax.config_args import load_config
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGES = np.random.default_rng(0).integers(0, 256, (3, 100, 90, 3), np.uint8)
 
 
-@pytest.fixture(scope="module")
-def learned_run(data_dir, tmp_path_factory):
-  config = load_config(f"{REPO}/configs/demo.py:tiny")
-  config.data.data_dir = data_dir
-  workdir = str(tmp_path_factory.mktemp("learned"))
-  train.train_and_evaluate(config, workdir)
-  return workdir, config
+@pytest.fixture
+def learned_run(tiny_run, data_dir):
+  return tiny_run[0], demo_config(data_dir)
 
 
 def test_load_gives_config_step_variables_and_the_trained_resizer(learned_run):

@@ -7,55 +7,18 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
+from helpers import REPO, assert_trees_close, demo_config, metrics_lines, saved_state
 from resizer_jax import train
-from resizer_jax.config_args import load_config
 from resizer_jax.data import input_pipeline
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def demo_config(data_dir, arg="tiny", **overrides):
-  config = load_config(f"{REPO}/configs/demo.py:{arg}")
-  config.data.data_dir = data_dir
-  for key, value in overrides.items():
-    config[key] = value
-  return config
 
-
-def saved_state(workdir, step=None):
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                             item_names=("state", "meta")) as mngr:
-    step = mngr.latest_step() if step is None else step
-    return step, mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))["state"]
-
-
-def metrics_lines(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
-def assert_trees_close(a, b, **tol):
-  flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)
-  assert len(flat_a) == len(flat_b)
-  for (path, x), y in zip(flat_a, flat_b):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path), **tol)
-
-
-@pytest.fixture(scope="module")
-def run_8_devices(data_dir, tmp_path_factory):
-  assert jax.device_count() == 8
-  workdir = str(tmp_path_factory.mktemp("run8"))
-  final = train.train_and_evaluate(demo_config(data_dir), workdir)
-  return workdir, final
-
-
-def test_tiny_demo_trains_on_8_devices_and_loss_falls(run_8_devices):
-  workdir, final = run_8_devices
+def test_tiny_demo_trains_on_8_devices_and_loss_falls(tiny_run):
+  workdir, final = tiny_run
   lines = metrics_lines(workdir)
   config = demo_config(None)
   assert [l["step"] for l in lines] == sorted({
@@ -81,7 +44,7 @@ def test_tiny_demo_trains_on_8_devices_and_loss_falls(run_8_devices):
     assert not np.array_equal(baseline, learned)
 
 
-def test_one_device_cli_run_ends_with_the_same_parameters(run_8_devices, data_dir, tmp_path):
+def test_one_device_cli_run_ends_with_the_same_parameters(tiny_run, data_dir, tmp_path):
   """`python -m resizer_jax.main` on 1 device == the same steps sharded over 8 devices."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   out = subprocess.run(
@@ -90,17 +53,17 @@ def test_one_device_cli_run_ends_with_the_same_parameters(run_8_devices, data_di
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   final = json.loads(out.stdout.strip().splitlines()[-1])
-  assert final["eval/accuracy"] == pytest.approx(run_8_devices[1]["eval/accuracy"])
+  assert final["eval/accuracy"] == pytest.approx(tiny_run[1]["eval/accuracy"])
   # Same math, other float32 reduction order: equal to rounding at the first checkpoint...
   every = demo_config(data_dir).checkpoint_every_steps
   _, one = saved_state(str(tmp_path), every)
-  _, eight = saved_state(run_8_devices[0], every)
+  _, eight = saved_state(tiny_run[0], every)
   assert_trees_close(one["params"], eight["params"], rtol=1e-5, atol=1e-6)
   assert_trees_close(one["batch_stats"], eight["batch_stats"], rtol=1e-5, atol=1e-6)
   # ...and at the end, when SGD at the full learning rate has amplified the rounding, still far
   # closer to each other than to where they were a checkpoint earlier.
   _, one_end = saved_state(str(tmp_path))
-  _, eight_end = saved_state(run_8_devices[0])
+  _, eight_end = saved_state(tiny_run[0])
   norm = lambda a, b: np.sqrt(sum(np.sum((np.asarray(x) - np.asarray(y))**2)
                                   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
   assert norm(one_end["params"], eight_end["params"]) < 1e-2 * norm(eight_end["params"],
@@ -108,7 +71,7 @@ def test_one_device_cli_run_ends_with_the_same_parameters(run_8_devices, data_di
 
 
 def test_a_crashed_run_resumes_and_ends_where_an_uninterrupted_run_ends(
-    run_8_devices, data_dir, tmp_path, monkeypatch):
+    tiny_run, data_dir, tmp_path, monkeypatch):
   config = demo_config(data_dir)
   # Die one step before the end: past the last periodic checkpoint and past a metrics line.
   crash_after = config.num_train_steps - 1
@@ -135,29 +98,29 @@ def test_a_crashed_run_resumes_and_ends_where_an_uninterrupted_run_ends(
   resumed = train.train_and_evaluate(config, workdir)
 
   step, state = saved_state(workdir)
-  _, reference = saved_state(run_8_devices[0])
+  _, reference = saved_state(tiny_run[0])
   assert step == config.num_train_steps
   assert_trees_close(state["params"], reference["params"], rtol=1e-5, atol=1e-6)
   assert_trees_close(state["opt_state"], reference["opt_state"], rtol=1e-5, atol=1e-6)
-  assert resumed == pytest.approx(run_8_devices[1])
+  assert resumed == pytest.approx(tiny_run[1])
   # The metrics log equals the uninterrupted run's: no lost lines, no duplicates from the crash.
   strip = lambda lines: [{k: v for k, v in l.items() if k != "train/images_per_s"} for l in lines]
-  expected = strip(metrics_lines(run_8_devices[0]))
+  expected = strip(metrics_lines(tiny_run[0]))
   got = strip(metrics_lines(workdir))
   assert [l["step"] for l in got] == [l["step"] for l in expected]
   for g, e in zip(got, expected):
     assert g == pytest.approx(e, rel=1e-4)
 
 
-def test_rerun_of_a_finished_run_trains_nothing_and_reports_its_metrics(run_8_devices, data_dir):
-  workdir, final = run_8_devices
+def test_rerun_of_a_finished_run_trains_nothing_and_reports_its_metrics(tiny_run, data_dir):
+  workdir, final = tiny_run
   before = metrics_lines(workdir)
   assert train.train_and_evaluate(demo_config(data_dir), workdir) == pytest.approx(final)
   assert metrics_lines(workdir) == before
 
 
-def test_a_workdir_of_another_model_is_refused_and_left_untouched(run_8_devices, data_dir):
-  workdir, _ = run_8_devices
+def test_a_workdir_of_another_model_is_refused_and_left_untouched(tiny_run, data_dir):
+  workdir, _ = tiny_run
   snapshot = {p: p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("*")}
   with pytest.raises(ValueError, match=r"holds a checkpoint of a different model \(resizer.name: "
                      r"'learned' in checkpoint vs 'bilinear' in config\)"):

@@ -1,0 +1,169 @@
+"""Scale-out on one machine: real processes over gloo, an FSDP mesh, SIGTERM, and the launch scripts."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import REPO, assert_trees_close, demo_config, metrics_lines, saved_state
+from resizer_jax import train
+from resizer_jax.data import input_pipeline
+
+
+def params_distance(a, b):
+  return np.sqrt(sum(np.sum((np.asarray(x) - np.asarray(y))**2)
+                     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+
+def assert_same_run(workdir, reference, checkpoint_step):
+  """Equal to rounding at an early checkpoint; at the end (where SGD has amplified the rounding of
+  another reduction order) far closer to the reference than to where it was a checkpoint earlier."""
+  _, early = saved_state(workdir, checkpoint_step)
+  _, reference_early = saved_state(reference, checkpoint_step)
+  assert_trees_close(early["params"], reference_early["params"], rtol=1e-4, atol=1e-5)
+  assert_trees_close(early["batch_stats"], reference_early["batch_stats"], rtol=1e-4, atol=1e-5)
+  _, end = saved_state(workdir)
+  _, reference_end = saved_state(reference)
+  assert params_distance(end["params"], reference_end["params"]) < 1e-2 * params_distance(
+      reference_end["params"], reference_early["params"])
+
+
+def test_mesh_from_config():
+  assert dict(train.make_mesh().shape) == {"data": 8}
+  assert dict(train.make_mesh((("data", -1), ("fsdp", 2))).shape) == {"data": 4, "fsdp": 2}
+  with pytest.raises(ValueError, match=r"config.mesh=\(\('data', 3\),\) does not fit 8 devices"):
+    train.make_mesh((("data", 3),))
+  with pytest.raises(ValueError, match=r"has 4 devices but there are 8"):
+    train.make_mesh((("data", 2), ("fsdp", 2)))
+
+
+def test_fsdp_mesh_trains_the_same_model_as_data_parallel(tiny_run, data_dir, tmp_path):
+  config = demo_config(data_dir, mesh=(("data", 4), ("fsdp", 2)))
+  train.train_and_evaluate(config, str(tmp_path))
+  # The large arrays really were split: each device holds half of them.
+  _, state = saved_state(str(tmp_path))
+  mesh = train.make_mesh(config.mesh)
+  shardings = train.state_sharding(jax.eval_shape(lambda: state), mesh)
+  split = [s for s in jax.tree.leaves(shardings) if s.spec != jax.sharding.PartitionSpec()]
+  assert len(split) >= len(jax.tree.leaves(state["params"])) // 2
+  assert_same_run(str(tmp_path), tiny_run[0], config.checkpoint_every_steps)
+
+
+def test_sigterm_saves_the_current_step_and_the_rerun_ends_as_uninterrupted(
+    tiny_run, data_dir, tmp_path, monkeypatch):
+  config = demo_config(data_dir)
+  real_train_dataset = input_pipeline.train_dataset
+  term_at = 3  # Not a checkpoint or log step.
+
+  def terminated_while_reading(*args, **kwargs):
+    ds = real_train_dataset(*args, **kwargs)
+
+    class Signalling:
+      def as_numpy_iterator(self):
+        for i, batch in enumerate(ds.as_numpy_iterator(), start=1):
+          if i == term_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+          yield batch
+    return Signalling()
+
+  workdir = str(tmp_path)
+  monkeypatch.setattr(input_pipeline, "train_dataset", terminated_while_reading)
+  assert train.train_and_evaluate(config, workdir) == {}
+  assert saved_state(workdir)[0] == term_at
+  assert metrics_lines(workdir)[-1]["step"] == term_at  # What the saved steps trained is logged.
+
+  monkeypatch.setattr(input_pipeline, "train_dataset", real_train_dataset)
+  final = train.train_and_evaluate(config, workdir)
+  assert final == pytest.approx(tiny_run[1], rel=1e-4)
+  assert_same_run(workdir, tiny_run[0], config.checkpoint_every_steps)
+
+
+def _launch(workdir, data_dir, stop_when_started=False, timeout=300):
+  """launch/local.py with 2 processes x 4 devices; (exit status, output, seconds)."""
+  cmd = [sys.executable, "launch/local.py", "--num_processes=2", "--cpu_devices_per_process=4",
+         "--config=configs/demo.py:tiny", f"--config.data.data_dir={data_dir}",
+         f"--workdir={workdir}"]
+  start = time.time()
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = []
+
+  def read():
+    for line in proc.stdout:
+      lines.append(line)
+      if stop_when_started and sum("Model:" in l for l in lines) == 2:
+        proc.send_signal(signal.SIGTERM)  # As SLURM does: the launcher passes it on to both.
+  reader = threading.Thread(target=read)
+  reader.start()
+  try:
+    proc.wait(timeout=timeout)
+  finally:
+    proc.kill()
+    reader.join()
+  return proc.returncode, "".join(lines), time.time() - start
+
+
+def test_two_processes_over_gloo_train_as_one_and_survive_preemption(tiny_run, data_dir, tmp_path):
+  """2 processes x 4 devices, preempted by SIGTERM while starting and rerun, end like the
+  uninterrupted 1 process x 8 devices run: the same global batches, parameters and metrics."""
+  config = demo_config(data_dir)
+  workdir = str(tmp_path)
+  rc, out, first = _launch(workdir, data_dir, stop_when_started=True)
+  assert rc == 0, out[-5000:]
+  stopped_at = saved_state(workdir)[0]
+  assert "Preempted: saved step" in out and stopped_at < config.num_train_steps
+
+  rc, out, second = _launch(workdir, data_dir)
+  assert rc == 0, out[-5000:]
+  print(f"2-process runs: {first:.1f} s (preempted at step {stopped_at}) + {second:.1f} s")
+  assert saved_state(workdir)[0] == config.num_train_steps
+  assert_same_run(workdir, tiny_run[0], config.checkpoint_every_steps)
+
+  # Only process 0 wrote the log; it has the uninterrupted run's lines, except the preemption
+  # step's own line and the next one (whose train averages cover the steps since the restart).
+  got = {l["step"]: l for l in metrics_lines(workdir)}
+  expected = {l["step"]: l for l in metrics_lines(tiny_run[0])}
+  assert set(got) - {stopped_at} == set(expected)
+  first_after = min(s for s in expected if s > stopped_at)
+  for step, line in expected.items():
+    compare = line if step != first_after else {k: v for k, v in line.items() if "eval/" in k}
+    for key, value in compare.items():
+      if key != "train/images_per_s":
+        assert got[step][key] == pytest.approx(value, rel=1e-3, abs=1e-5), (step, key)
+
+
+MAIN_ARGS = "--config=configs/imagenet.py:input=448,resizer=bilinear --workdir=gs://b/runs/x " \
+    "--config.batch_size=128"
+
+
+@pytest.mark.parametrize("launcher,expected", [
+    ("python launch/local.py --num_processes=2 --cpu_devices_per_process=4 --port=1234",
+     [f"XLA_FLAGS=--xla_force_host_platform_device_count=4 {sys.executable} -m resizer_jax.main "
+      f"--coordinator_address=127.0.0.1:1234 --num_processes=2 --process_id={i} {MAIN_ARGS}"
+      for i in (0, 1)]),
+    ("bash launch/slurm.sbatch",
+     [f"srun --kill-on-bad-exit=1 python -m resizer_jax.main --distributed=on {MAIN_ARGS}"]),
+    ("bash launch/tpu.sh --name=vm --zone=us-central2-b --accelerator=v4-32",
+     ["gcloud compute tpus tpu-vm create vm --zone=us-central2-b --accelerator-type=v4-32 "
+      "--version=tpu-ubuntu2204-base",
+      "gcloud compute tpus tpu-vm ssh vm --zone=us-central2-b --worker=all '--command=cd "
+      f"resizer_jax && python -m resizer_jax.main --distributed=on {MAIN_ARGS}'"]),
+])
+def test_launch_scripts_dry_run_print_what_they_would_run(launcher, expected):
+  cmd = [sys.executable if w == "python" else w for w in launcher.split()]
+  out = subprocess.run([*cmd, *MAIN_ARGS.split(), "--dry-run"], cwd=REPO, capture_output=True,
+                       text=True, check=True).stdout
+  for line in expected:
+    assert line in out.splitlines(), out
+
+
+def test_launch_scripts_refuse_a_command_without_config_or_workdir():
+  for cmd in (["bash", "launch/slurm.sbatch"], ["bash", "launch/tpu.sh", "--name=vm", "--zone=z"]):
+    out = subprocess.run([*cmd, "--workdir=x", "--dry-run"], cwd=REPO, capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 2
+    assert "give --config=FILE[:ARG] and --workdir=DIR" in out.stderr
