@@ -1,6 +1,8 @@
 """Sweeps: a config file's `sweep(add, arg)` run point by point, then aggregated with uncertainty.
 
   python -m resizer_jax.sweep --config=configs/demo.py --workdir=runs/demo_sweep
+  python -m resizer_jax.sweep --config=configs/imagenet.py --workdir=gs://B/sweep --launch=tpu \
+      --launch_args=--zone=us-central2-b,--accelerator=v4-32 [--dry-run]   # then again with --collect
   rows = resizer_jax.sweep.run("configs/demo.py:tiny", "runs/tiny_sweep")
 
 A config file may define, next to `get_config(arg)`:
@@ -11,8 +13,9 @@ A config file may define, next to `get_config(arg)`:
 
 Each point's overrides are config *arguments* (the `:k=v,...` of --config), so a point is exactly
 what `python -m resizer_jax.main --config=FILE:ARG` would train. `grid(add, **axes)` adds the
-cartesian product in one line. Each point trains in `DIR/<name>`; a finished point (its
-`result.json` exists) is not retrained on a rerun and an unfinished one resumes from its checkpoint.
+cartesian product in one line. Each point trains in `DIR/<name>`; a finished point (the trainer wrote
+its `result.json`) is not retrained on a rerun and an unfinished one resumes from its checkpoint.
+With --launch=slurm|tpu every unfinished point is handed to that launch/ script at once.
 After the points: `DIR/results.csv` (one row per run), `DIR/results.md` (mean ± 95% CI over seeds per
 cell, and the learned − baseline difference paired by seed) and `DIR/results.png`.
 """
@@ -21,6 +24,8 @@ import itertools
 import json
 import math
 import os
+import shlex
+import subprocess
 
 from absl import app
 from absl import flags
@@ -62,6 +67,15 @@ def points(config: str) -> list[dict]:
   return found
 
 
+def _result(point, point_dir):
+  """The finished point's row (overrides, step, final metrics), or None while it is unfinished."""
+  path = os.path.join(point_dir, "result.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return {**point["overrides"], **json.load(f)}
+
+
 def run(config: str, workdir: str) -> list[dict]:
   """Trains every point of the sweep in turn (skipping finished ones); returns and writes results."""
   from resizer_jax import train  # pylint: disable=g-import-not-at-top  # Heavy; not for --dry-run.
@@ -69,24 +83,47 @@ def run(config: str, workdir: str) -> list[dict]:
   rows = []
   for point in points(config):
     point_dir = os.path.join(workdir, point["name"])
-    result_path = os.path.join(point_dir, "result.json")
-    if os.path.exists(result_path):
-      with open(result_path) as f:
-        result = json.load(f)
-    else:
+    if _result(point, point_dir) is None:
       logging.info("Sweep point %s: %s:%s", point["name"], path, point["arg"])
       os.makedirs(point_dir, exist_ok=True)
-      metrics = train.train_and_evaluate(config_args.load_config(f"{path}:{point['arg']}"),
-                                         point_dir)
-      with open(os.path.join(point_dir, "metrics.jsonl")) as f:
-        step = json.loads(f.readlines()[-1])["step"]
-      result = {**point["overrides"], "step": step, **metrics}
-      # Written last and atomically: its presence means the point is finished.
-      with open(result_path + ".tmp", "w") as f:
-        json.dump(result, f)
-      os.replace(result_path + ".tmp", result_path)
-    rows.append(result)
+      train.train_and_evaluate(config_args.load_config(f"{path}:{point['arg']}"), point_dir)
+    rows.append(_result(point, point_dir))
   write_results(rows, workdir)
+  return rows
+
+
+LAUNCHERS = ("local", "slurm", "tpu")
+
+
+def launch_commands(config: str, workdir: str, launcher: str, launcher_args=()) -> list[list[str]]:
+  """The command that trains each unfinished point: resizer_jax.main, or handed to a launch/ script
+  (`launcher_args` go to that script, e.g. --zone=... for tpu, --nodes=... for sbatch)."""
+  if launcher not in LAUNCHERS:
+    raise ValueError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
+  path = config.partition(":")[0]
+  prefix = {"local": ["python", "-m", "resizer_jax.main"],
+            "slurm": ["sbatch", *launcher_args, "launch/slurm.sbatch"],
+            "tpu": ["launch/tpu.sh", *launcher_args]}[launcher]
+  cmds = []
+  for i, point in enumerate(points(config)):
+    point_dir = os.path.join(workdir, point["name"])
+    if _result(point, point_dir) is not None:
+      continue
+    vm = [f"--name={os.path.basename(os.path.normpath(workdir))}-{i}".replace("_", "-").lower()
+          ] if launcher == "tpu" else []
+    cmds.append([*prefix, *vm, f"--config={path}:{point['arg']}", f"--workdir={point_dir}"])
+  return cmds
+
+
+def collect(config: str, workdir: str) -> list[dict]:
+  """Writes the results of the finished points (e.g. of a launched sweep); returns their rows."""
+  found = [(p, _result(p, os.path.join(workdir, p["name"]))) for p in points(config)]
+  missing = [p["name"] for p, row in found if row is None]
+  if missing:
+    logging.warning("%d of %d points unfinished: %s", len(missing), len(found), "; ".join(missing))
+  rows = [row for _, row in found if row is not None]
+  if rows:
+    write_results(rows, workdir)
   return rows
 
 
@@ -176,23 +213,43 @@ def _define_flags():
   # Only when run as a program: config files import this module (for grid) a second time.
   flags.DEFINE_string("config", None, "Config file with a sweep(add, arg): path[:arg].")
   flags.DEFINE_string("workdir", None, "Each point trains in WORKDIR/<point name>.")
-  flags.DEFINE_bool("dry_run", False, "Print each point's training command instead of running it.")
+  flags.DEFINE_enum("launch", "local", LAUNCHERS, "local: train the points here one after another; "
+                    "slurm|tpu: hand each unfinished point to launch/slurm.sbatch or launch/tpu.sh "
+                    "(they run in parallel; --collect writes the results when they are done).")
+  flags.DEFINE_list("launch_args", [], "Arguments for the launcher, e.g. --zone=us-central2-b,"
+                    "--accelerator=v4-8 (tpu) or --nodes=1 (sbatch).")
+  flags.DEFINE_bool("dry_run", False, "Print each unfinished point's command instead of running it.")
+  flags.DEFINE_bool("collect", False, "Only write the results of the finished points.")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
-  path = FLAGS.config.partition(":")[0]
+  cmds = launch_commands(FLAGS.config, FLAGS.workdir, FLAGS.launch, FLAGS.launch_args)
   if FLAGS.dry_run:
-    for point in points(FLAGS.config):
-      print(f"python -m resizer_jax.main --config={path}:{point['arg']} "
-            f"--workdir={os.path.join(FLAGS.workdir, point['name'])}")
+    for cmd in cmds:
+      print(" ".join(map(shlex.quote, cmd)))
     return
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
-  rows = run(FLAGS.config, FLAGS.workdir)
-  print(open(os.path.join(FLAGS.workdir, "results.md")).read())
-  logging.info("%d runs; results in %s", len(rows), FLAGS.workdir)
+  if FLAGS.collect:
+    rows = collect(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.launch == "local":
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+    rows = run(FLAGS.config, FLAGS.workdir)
+  else:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for cmd in cmds:  # Each launcher streams its run's output: keep it next to the run.
+      point_dir = cmd[-1].partition("=")[2]
+      os.makedirs(point_dir, exist_ok=True)
+      with open(os.path.join(point_dir, f"launch-{FLAGS.launch}.log"), "a") as log:
+        subprocess.Popen(cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT)
+    logging.info("Launched %d points with %s; when they are done: python -m resizer_jax.sweep "
+                 "--config=%s --workdir=%s --collect", len(cmds), FLAGS.launch, FLAGS.config,
+                 FLAGS.workdir)
+    return
+  if rows:
+    print(open(os.path.join(FLAGS.workdir, "results.md")).read())
+  logging.info("%d finished runs; results in %s", len(rows), FLAGS.workdir)
 
 
 if __name__ == "__main__":

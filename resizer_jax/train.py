@@ -248,7 +248,8 @@ def preemption_notice():
 # The run.
 # ----------------------------------------------------------------------------------------------
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final eval metrics.
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final eval metrics,
+  also written to `workdir/result.json` with the step when the run is finished.
 
   On SIGTERM it finishes the current step, saves it and returns {}: the same call continues.
   """
@@ -356,6 +357,9 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
           return {}
       if not eval_metrics:  # Nothing left to train: report the checkpoint's metrics.
         eval_metrics = evaluate(eval_fn, state, builder, config, to_global)
+      if is_chief:  # Written last: its presence says the run is finished (sweeps rely on it).
+        _write_atomically(epath.Path(workdir) / "result.json",
+                          json.dumps({"step": total_steps, **eval_metrics}))
   finally:
     # A save may still be in flight (saves are async); a crash must not lose that checkpoint.
     mngr.wait_until_finished()

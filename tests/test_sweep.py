@@ -24,15 +24,22 @@ def test_points_are_config_arguments():
   assert len(sweep.points(f"{REPO}/configs/demo.py")) == 2 * 3 * 3
 
 
-def test_dry_run_prints_each_runs_command(tmp_path):
+@pytest.mark.parametrize("launch,prefix", [
+    ([], "python -m resizer_jax.main"),
+    (["--launch=slurm", "--launch_args=--nodes=1"], "sbatch --nodes=1 launch/slurm.sbatch"),
+    (["--launch=tpu", "--launch_args=--zone=us-central2-b,--accelerator=v4-8"],
+     "launch/tpu.sh --zone=us-central2-b --accelerator=v4-8 --name=sweep-0"),
+])
+def test_dry_run_prints_each_runs_command(tmp_path, launch, prefix):
+  workdir = tmp_path / "sweep"
   out = subprocess.run([sys.executable, "-m", "resizer_jax.sweep", f"--config={TINY}",
-                        f"--workdir={tmp_path}", "--dry_run"], cwd=REPO, capture_output=True,
-                       text=True, timeout=120, check=True)
+                        f"--workdir={workdir}", "--dry_run", *launch], cwd=REPO,
+                       capture_output=True, text=True, timeout=120, check=True)
   lines = out.stdout.strip().splitlines()
   assert len(lines) == 8
-  assert lines[0] == (f"python -m resizer_jax.main --config={REPO}/configs/demo.py:tiny,target=8,"
-                      f"resizer=bilinear,seed=0 --workdir={tmp_path}/target=8,resizer=bilinear,seed=0")
-  assert not os.listdir(tmp_path)
+  assert lines[0] == (f"{prefix} --config={REPO}/configs/demo.py:tiny,target=8,"
+                      f"resizer=bilinear,seed=0 --workdir={workdir}/target=8,resizer=bilinear,seed=0")
+  assert not os.path.exists(workdir)
 
 
 def test_mean_ci_is_the_t_interval():
@@ -71,3 +78,17 @@ def test_tiny_sweep_trains_reruns_without_retraining_and_aggregates(data_dir, tm
     assert f"| target={target} | learned − bilinear | 2 | {diff_mean:+.4f} | {diff_half:.4f} |" in md
   with open(os.path.join(workdir, "results.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+  # A launched sweep: only unfinished points are handed to the launcher; --collect writes what is
+  # finished.
+  assert not sweep.launch_commands(TINY, workdir, "slurm")
+  os.remove(os.path.join(workdir, "target=16,resizer=learned,seed=1", "result.json"))
+  assert sweep.launch_commands(TINY, workdir, "slurm") == [[
+      "sbatch", "launch/slurm.sbatch", f"--config={REPO}/configs/demo.py:tiny,target=16,"
+      "resizer=learned,seed=1", f"--workdir={workdir}/target=16,resizer=learned,seed=1"]]
+  collected = sweep.collect(TINY, workdir)
+  assert collected == [r for r in rows if (r["target"], r["resizer"], r["seed"]) != (16, "learned", 1)]
+  with open(os.path.join(workdir, "results.csv")) as f:
+    assert len(list(csv.DictReader(f))) == 7
+  with pytest.raises(ValueError, match="unknown launcher 'k8s'; valid: local, slurm, tpu"):
+    sweep.launch_commands(TINY, workdir, "k8s")
