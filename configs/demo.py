@@ -35,6 +35,10 @@ def get_config(arg=None):
       train_preprocess="crop_flip",  # Flips only: rescaling would alter the degradations.
       eval_crop_fraction=1.0,
       shuffle_buffer=2048,
+      # Independently shuffled streams that split every batch, read by as many processes as divide
+      # it: fixed, the batches are the same on any such number of processes (the tests train tiny on
+      # 1 and on 2). None: one per process.
+      num_shards=2 if arg["tiny"] else ml_collections.config_dict.placeholder(int),
   )
   config.num_classes = 4
 

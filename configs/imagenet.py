@@ -1,6 +1,7 @@
 r"""ImageNet-1k classification with a learned (or fixed) resizer in front of a backbone: the paper's recipe.
 
-Reads TFDS `imagenet2012` from $TFDS_DATA_DIR (a local path or gs://...); see README "ImageNet".
+Reads TFDS `imagenet2012` from $TFDS_DATA_DIR (a local path or gs://...); see README "ImageNet" and
+docs/data.md (preparing it, the exact preprocessing, corrupt files). On a pod: launch/tpu.sh.
 
   python -m resizer_jax.main --config=configs/imagenet.py:backbone=resnet50,input=448,target=224 \
       --workdir=gs://BUCKET/runs/r50_learned_448
@@ -33,12 +34,17 @@ def get_config(arg=None):
   config.data = dict(
       name="imagenet2012",
       data_dir=ml_collections.config_dict.placeholder(str),  # None: $TFDS_DATA_DIR.
+      # ILSVRC2012_img_{train,val}.tar, read once to prepare; None: <data_dir>/downloads/manual.
+      manual_dir=ml_collections.config_dict.placeholder(str),
       train_split="train",
       eval_split="validation",
       input_size=arg["input"],
       train_preprocess="inception_crop",
       eval_crop_fraction=0.875,
       shuffle_buffer=10_000,
+      # Shuffled streams that split each batch, divided among the processes (None: one per
+      # process). Fix it, e.g. 64, to read the same batches on any process count that divides it.
+      num_shards=ml_collections.config_dict.placeholder(int),
   )
   config.num_classes = 1000
 
@@ -56,6 +62,8 @@ def get_config(arg=None):
   # fresh. The paper fine-tunes from a baseline trained with a fixed resizer.
   config.init_from = ml_collections.config_dict.placeholder(str)
 
+  # (axis, size) pairs, -1 = the rest; add ("fsdp", k) to split the state k ways (README).
+  config.mesh = (("data", -1),)
   config.batch_size = BATCH_FOR_INPUT.get(arg["input"], 64)
   config.eval_batch_size = config.batch_size
   config.num_epochs = 10.0 if arg["finetune"] else 90.0

@@ -5,7 +5,9 @@
 
 Workloads: `resizer` (the learned resizer alone, fwd+bwd+SGD on mean(out**2), as the PyTorch
 reference does), `train` (the trainer's own jit train step on configs/imagenet.py with the given
-backbone/sizes), `input` (the tf.data pipeline of --config alone: decode + augment + batch).
+backbone/sizes), `input` (the tf.data train pipeline of --config alone: decode + augment + batch;
+e.g. --config=configs/imagenet.py:input=448 --data_dir=DIR, with DIR a fake ImageNet of ~500x375
+JPEGs from `python -m resizer_jax.data.imagenet_fixture`, see docs/data.md).
 With --torch the PyTorch reference runs in the same invocation, on the same machine, and the JSON
 carries its images/s and our ratio to it — compare ratios, not absolute times: machines are noisy.
 """
@@ -93,7 +95,8 @@ def bench_model(a) -> dict:
     state_sharding = jax.tree.map(lambda _: replicated, jax.eval_shape(init, jax.random.key(0)))
     state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(0))
     step = train.jit_train_step(config, model, schedule, state_sharding, sharded)
-    batch = jax.device_put({"image": images, "label": rng.integers(0, 1000, a.batch)}, sharded)
+    batch = jax.device_put({"image": images, "label": rng.integers(0, 1000, a.batch),
+                            "skipped": np.zeros(a.batch, np.int32)}, sharded)
   else:  # The resizer alone, as the PyTorch reference's "resizer" workload.
     resizer = model.resizer
     x = jax.device_put(rng.standard_normal((a.batch, a.input, a.input, 3), np.float32), sharded)
@@ -132,8 +135,14 @@ def bench_model(a) -> dict:
 
 
 def bench_input(a) -> dict:
+  """Images/s of the train input pipeline alone, after `--warmup` batches fill its buffers."""
   from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")  # As in training: TF is only the input pipeline.
   config = load_config(a.config)
+  for key in ("data_dir", "manual_dir"):
+    if getattr(a, key) is not None:
+      config.data[key] = getattr(a, key)
   builder = input_pipeline.get_builder(config.data)
   ds = input_pipeline.train_dataset(builder, config.data, global_batch=a.batch, seed=0)
   it = ds.as_numpy_iterator()
@@ -143,8 +152,10 @@ def bench_input(a) -> dict:
   for _ in range(a.steps):
     next(it)
   dt = time.perf_counter() - t
-  return dict(impl="jax", workload="input", config=a.config, input=config.data.input_size,
-              batch=a.batch, images_per_s=round(a.batch * a.steps / dt, 3))
+  return dict(impl="jax", workload="input", config=a.config, dataset=config.data.name,
+              train_preprocess=config.data.train_preprocess, input=config.data.input_size,
+              batch=a.batch, steps=a.steps, cpus=os.cpu_count(),
+              images_per_s=round(a.batch * a.steps / dt, 3))
 
 
 def run_torch_reference(a) -> dict:
@@ -168,6 +179,8 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--config", default="configs/demo.py", help="for --workload=input")
+  p.add_argument("--data_dir", help="for --workload=input: overrides the config's data.data_dir")
+  p.add_argument("--manual_dir", help="for --workload=input: overrides data.manual_dir")
   p.add_argument("--imagenet_config", default="configs/imagenet.py", help="for resizer/train")
   p.add_argument("--torch", action="store_true", help="also run the PyTorch reference, same args")
   p.add_argument("--torch_reference", default=TORCH_REFERENCE)

@@ -37,6 +37,7 @@ from resizer_jax.data import input_pipeline
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+  skipped: jax.Array  # Undecodable training examples so far (checkpointed, so exact over restarts).
 
 
 @flax.struct.dataclass
@@ -47,10 +48,27 @@ class TrainMetrics(clu_metrics.Collection):
 
 
 @flax.struct.dataclass
+class Total(clu_metrics.Metric):
+  """The sum of `skipped` over all batches (clu has averages, not sums)."""
+  total: jax.Array
+
+  @classmethod
+  def from_model_output(cls, skipped, **_):
+    return cls(total=jnp.sum(skipped))
+
+  def merge(self, other):
+    return type(self)(total=self.total + other.total)
+
+  def compute(self):
+    return self.total
+
+
+@flax.struct.dataclass
 class EvalMetrics(clu_metrics.Collection):
   loss: clu_metrics.Average.from_output("loss")
   accuracy: clu_metrics.Accuracy
   top5_accuracy: clu_metrics.Average.from_output("top5")
+  skipped: Total  # Undecodable eval examples (masked out of the other metrics).
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,7 +119,9 @@ def train_step(state: TrainState, batch, *, model, schedule, num_classes: int,
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   metrics = TrainMetrics.single_from_model_output(
       loss=loss, logits=logits, labels=batch["label"], learning_rate=schedule(state.step))
-  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+  # A global sum under jit: the count over every host's share of the batch.
+  skipped = state.skipped + jnp.sum(batch["skipped"])
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats, skipped=skipped), metrics
 
 
 def make_mesh(axes=(("data", -1),)):
@@ -145,7 +165,8 @@ def make_init(model, tx, input_size: int):
   def init(rng):
     variables = model.init(rng, jnp.zeros((1, input_size, input_size, 3), jnp.uint8), train=False)
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables.get("batch_stats", {}))
+                             batch_stats=variables.get("batch_stats", {}),
+                             skipped=jnp.zeros((), jnp.int32))
   return init
 
 
@@ -165,7 +186,8 @@ def eval_step(state: TrainState, batch, *, model):
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   top5 = jnp.any(jax.lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None], axis=-1)
   return EvalMetrics.single_from_model_output(loss=loss, logits=logits, labels=labels,
-                                              top5=top5.astype(jnp.float32), mask=batch["mask"])
+                                              top5=top5.astype(jnp.float32), mask=batch["mask"],
+                                              skipped=batch["skipped"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,6 +361,7 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
         scalars = {f"train/{k}": v for k, v in train_metrics.compute().items()}
         elapsed, steps = time.time() - last_log[0], step - last_log[1]
         scalars["train/images_per_s"] = steps * config.batch_size / max(elapsed, 1e-9)
+        scalars["data/skipped"] = int(state.skipped)  # Now: the state is donated to the next step.
         train_metrics, last_log = None, (time.time(), step)
         if (step % config.eval_every_steps == 0 or last) and not stop:
           with progress.timed("eval"):

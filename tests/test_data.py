@@ -1,4 +1,5 @@
 """The embedded dataset through the real TFDS builder, and the tf.data pipeline the trainer reads."""
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -61,8 +62,9 @@ def test_a_restarted_train_stream_continues_exactly_where_it_stopped(data_dir):
   assert 7 * 16 > 2 * n
   for start in (2, 5):
     for a, b in zip(full[start:], take(start, 7 - start)):
-      np.testing.assert_array_equal(a["image"], b["image"])
-      np.testing.assert_array_equal(a["label"], b["label"])
+      assert a.keys() == b.keys() == {"image", "label", "skipped"}
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
   # Each epoch is a new permutation of the whole split.
   labels = np.concatenate([b["label"] for b in full])
   assert sorted(labels[:n]) == sorted(labels[n:2 * n])
@@ -102,3 +104,47 @@ def test_preprocessing_reaches_the_input_size_from_any_shape():
 def test_a_config_whose_classes_disagree_with_the_dataset_is_refused(data_dir):
   with pytest.raises(ValueError, match=r"config.num_classes=1000 but resizer_demo/tiny has 4"):
     input_pipeline.get_builder(data_config(data_dir), 1000)
+
+
+def canonical(image):
+  """The same key for an image and its mirror: at input 256, crop_flip only flips a demo image."""
+  return min(image.tobytes(), image[:, ::-1].tobytes())
+
+
+def as_host(monkeypatch, index, count=2):
+  monkeypatch.setattr(jax, "process_count", lambda: count)
+  monkeypatch.setattr(jax, "process_index", lambda: index)
+
+
+def test_two_hosts_train_on_disjoint_shares_whose_union_is_the_split(data_dir, monkeypatch):
+  config = data_config(data_dir, input_size=demo.SIZE)
+  builder = input_pipeline.get_builder(config)
+  everything = [canonical(e["image"]) for e in examples(data_dir, "train")]
+  shares = []
+  for index in (0, 1):
+    as_host(monkeypatch, index)
+    # Global batch 4 is 2 per host; 11 steps are one epoch of a host's 22 examples.
+    batches = list(input_pipeline.train_dataset(builder, config, global_batch=4, seed=0)
+                   .take(11).as_numpy_iterator())
+    assert all(b["image"].shape == (2, demo.SIZE, demo.SIZE, 3) for b in batches)
+    assert sum(b["skipped"].sum() for b in batches) == 0
+    shares.append([canonical(image) for b in batches for image in b["image"]])
+  assert len(set(shares[0])) == len(set(shares[1])) == 22  # Each example once per epoch.
+  assert set(shares[0]).isdisjoint(shares[1])
+  assert sorted(shares[0] + shares[1]) == sorted(everything)
+
+
+def test_two_hosts_eval_an_odd_split_once_in_the_same_number_of_steps(data_dir, monkeypatch):
+  config = data_config(data_dir, input_size=demo.SIZE, eval_split="test[:15]")
+  builder = input_pipeline.get_builder(config)
+  everything = [e["image"].tobytes() for e in examples(data_dir, "test")[:15]]
+  seen, steps = [], []
+  for index in (0, 1):
+    as_host(monkeypatch, index)
+    ds, num_steps = input_pipeline.eval_dataset(builder, config, global_batch=4)
+    batches = list(ds.as_numpy_iterator())
+    steps.append((num_steps, len(batches)))
+    seen += [b["image"][i].tobytes() for b in batches for i in np.flatnonzero(b["mask"])]
+    assert all(b["skipped"].sum() == 0 for b in batches)
+  assert steps == [(4, 4), (4, 4)]  # 8 and 7 examples, 2 per host and step.
+  assert sorted(seen) == sorted(everything)

@@ -2,11 +2,29 @@
 
 The pipeline produces the *high-resolution* images; the (learned or fixed) resizer runs on device, so
 both see exactly the same pixels. Shipping uint8 keeps host-to-device traffic 4x below float32.
+docs/data.md gives the exact preprocessing ops and how to prepare ImageNet.
+
+Batches are dicts of this host's share of a global batch (b = global batch / process count):
+
+  image    uint8 [b, input_size, input_size, 3]
+  label    int32 [b]
+  skipped  int32 [b]   1 where the example in that position could not be decoded (see below); the
+                       sum over a global batch is the number skipped in that step, over all hosts
+  mask     bool  [b]   eval only: False on padding and on skipped examples
+
+Undecodable input never stops a run. Grayscale, CMYK, PNG, GIF, BMP and WebP bytes decode to 3
+channels, whatever the file is called. An example whose preprocessing fails (empty, truncated or
+garbage bytes) is skipped: in eval it becomes a mask=0, skipped=1 entry; in training its position
+takes a copy of the next decodable example, flagged skipped=1. Every position of the stream stays
+the position of one example of the split, which is what makes a restart exact (below). A train
+split in which every example of this host's share fails is an error, not an endless loop.
 
 Determinism: the train order is a function of (seed, epoch) only and every random augmentation is a
 stateless op seeded by (seed, example counter), so a run restarted at step N reads exactly the
-examples, in the same order and with the same crops and flips, that an uninterrupted run reads from
-step N on. The restart skips the earlier examples of the current epoch (reading, not decoding, them).
+examples, in the same order, with the same crops, flips and skipped flags, that an uninterrupted run
+reads from step N on, knowing only N. The restart skips the earlier examples of the current epoch
+(reading, not decoding, them). The same stream needs the same TFDS build, global batch,
+data.num_shards (by default the process count), seed and shuffle_buffer; the pixels are bitwise the same on the same TensorFlow build.
 """
 import math
 
@@ -21,10 +39,15 @@ TRAIN_PREPROCESS = ("crop_flip", "inception_crop")
 
 
 def get_builder(data_config, num_classes: int | None = None, *, prepare: bool = True):
-  """The TFDS builder named by `data_config.name`; built on first use if `prepare`."""
+  """The TFDS builder named by `data_config.name`; built on first use if `prepare`.
+
+  `data_config.manual_dir` is where manually downloaded archives are (ImageNet's
+  ILSVRC2012_img_{train,val}.tar); None means TFDS's default, <data_dir>/downloads/manual.
+  """
   builder = tfds.builder(data_config.name, data_dir=data_config.get("data_dir"))
   if prepare:
-    builder.download_and_prepare()
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=data_config.get("manual_dir")))
   label = builder.info.features["label"]
   if num_classes is not None and getattr(label, "num_classes", num_classes) != num_classes:
     raise ValueError(f"config.num_classes={num_classes} but {data_config.name} has "
@@ -87,6 +110,33 @@ def _num_examples(builder, split) -> int:
   return builder.info.splits[split].num_examples
 
 
+def _options():
+  options = tf.data.Options()
+  options.deterministic = True  # The order guarantees above, whatever a global default says.
+  # Each image op on one thread, many images at once: cheaper than splitting one image's resize
+  # over threads, and it leaves the cores the parallel elements do not use to the train step.
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def _prepare_or_flag(ds, prepare, placeholder):
+  """(True, prepare(element)) for each element, or (False, placeholder) where prepare fails.
+
+  One output per input, in order: the failed example keeps its position. `ignore_errors` on the
+  whole stream would drop it, shifting every later example by one and losing the count.
+  """
+  def one(*element):
+    kept = tf.data.Dataset.from_tensors(element).map(lambda *e: (True, prepare(*e)))
+    failed = tf.data.Dataset.from_tensors((False, placeholder))
+    return kept.ignore_errors().concatenate(failed).take(1)
+  return ds.interleave(one, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _placeholder(data_config):
+  return {"image": tf.zeros([data_config.input_size, data_config.input_size, 3], tf.uint8),
+          "label": tf.constant(0, tf.int32)}
+
+
 def local_batch_size(global_batch: int) -> int:
   if global_batch % jax.process_count():
     raise ValueError(f"batch_size {global_batch} is not divisible by the number of processes "
@@ -94,28 +144,76 @@ def local_batch_size(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
-def train_dataset(builder, data_config, *, global_batch: int, seed: int, start_step: int = 0):
-  """Endless, shuffled, augmented batches of this host's share, starting at `start_step`."""
-  split = tfds.split_for_jax_process(data_config.train_split, drop_remainder=True)
+def _shard_stream(builder, data_config, split, shard: int, num_shards: int, *, rows: int, seed: int,
+                  start_step: int):
+  """Endless batches of `rows` examples from one shard, shuffled per epoch, from `start_step` on."""
   n = _num_examples(builder, split)
-  batch = local_batch_size(global_batch)
-  first_epoch, offset = divmod(start_step * batch, n)
+  first_epoch, offset = divmod(start_step * rows, n)
   examples = _read(builder, split)
   buffer = min(n, data_config.shuffle_buffer)
 
   def epoch(e):
-    return examples.shuffle(buffer, seed=seed + e)
+    return examples.shuffle(buffer, seed=seed + e + 1_000_003 * shard)
 
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
   ds = ds.enumerate(start=first_epoch * n).skip(offset)
 
   def prepare(i, example):
-    counter = tf.stack([tf.constant(seed, tf.int64), i])
+    counter = tf.stack([tf.constant(seed, tf.int64), i * num_shards + shard])
     return {"image": preprocess_train(_decode(example), counter, data_config),
             "label": tf.cast(example["label"], tf.int32)}
 
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  def count_failures(run, slot):
+    # 2n failures in a row cover a whole epoch: nothing in this shard decodes, and skipping would
+    # loop for ever.
+    ok, out = slot
+    zero = tf.zeros_like(run)
+    copies, run = tf.where(ok, run + 1, zero), tf.where(ok, zero, run + 1)
+    check = tf.debugging.assert_less(run, tf.constant(2 * n, tf.int64), message=(
+        f"{2 * n} examples in a row failed to decode: none of the {n} examples of "
+        f"{data_config.name} {split!r} is a readable image"))
+    with tf.control_dependencies([check]):
+      return tf.identity(run), (ok, copies, out)
+
+  def fill(ok, copies, out):
+    del ok
+    # The failed examples just before this one take copies of it, flagged as skipped.
+    return {"image": tf.repeat(out["image"][None], copies, axis=0),
+            "label": tf.repeat(out["label"][None], copies),
+            "skipped": tf.cast(tf.range(copies) < copies - 1, tf.int32)}
+
+  ds = _prepare_or_flag(ds, prepare, _placeholder(data_config))
+  ds = ds.scan(tf.constant(0, tf.int64), count_failures).filter(lambda ok, *_: ok)
+  ds = ds.map(fill, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+  return ds.batch(rows, drop_remainder=True)
+
+
+def train_dataset(builder, data_config, *, global_batch: int, seed: int, start_step: int = 0):
+  """Endless, shuffled, augmented batches of this host's share, starting at `start_step`.
+
+  The split is cut into `data_config.num_shards` equal shards (None: one per process), each an
+  independently shuffled stream that fills its own fixed rows of every global batch; each process
+  reads its consecutive run of shards. So with num_shards fixed, the global batches are the same on
+  any number of processes that divides it.
+  """
+  processes = jax.process_count()
+  num_shards = data_config.get("num_shards") or processes
+  if num_shards % processes or global_batch % num_shards:
+    raise ValueError(f"data.num_shards={num_shards} must be a multiple of the number of processes "
+                     f"({processes}) and divide batch_size={global_batch}")
+  local_batch_size(global_batch)
+  splits = tfds.even_splits(data_config.train_split, num_shards, drop_remainder=True)
+  if not _num_examples(builder, splits[0]):
+    raise ValueError(f"train split {data_config.train_split!r} of {data_config.name} has fewer "
+                     f"examples than data.num_shards={num_shards}")
+  mine = range(jax.process_index() * num_shards // processes,
+               (jax.process_index() + 1) * num_shards // processes)
+  streams = [_shard_stream(builder, data_config, splits[k], k, num_shards,
+                           rows=global_batch // num_shards, seed=seed, start_step=start_step)
+             for k in mine]
+  ds = tf.data.Dataset.zip(tuple(streams)).map(
+      lambda *parts: jax.tree.map(lambda *x: tf.concat(x, axis=0), *parts))
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
 def eval_dataset(builder, data_config, *, global_batch: int):
@@ -126,16 +224,17 @@ def eval_dataset(builder, data_config, *, global_batch: int):
   # split_for_jax_process gives the first hosts one example more when the split does not divide.
   per_host = math.ceil(_num_examples(builder, split) / jax.process_count())
   num_steps = math.ceil(per_host / batch)
-  size = data_config.input_size
 
   def prepare(example):
     return {"image": preprocess_eval(_decode(example), data_config),
-            "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True)}
+            "label": tf.cast(example["label"], tf.int32)}
+
+  def flag(ok, out):
+    return {**out, "mask": ok, "skipped": tf.cast(tf.logical_not(ok), tf.int32)}
 
   ds = _read(builder, tfds.split_for_jax_process(split, drop_remainder=False))
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-  padding = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3], tf.uint8),
-                                          "label": tf.constant(0, tf.int32),
-                                          "mask": tf.constant(False)}).repeat()
+  ds = _prepare_or_flag(ds, prepare, _placeholder(data_config)).map(flag)
+  padding = tf.data.Dataset.from_tensors({**_placeholder(data_config), "mask": tf.constant(False),
+                                          "skipped": tf.constant(0, tf.int32)}).repeat()
   ds = ds.concatenate(padding).take(num_steps * batch).batch(batch)
-  return ds.prefetch(tf.data.AUTOTUNE), num_steps
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options()), num_steps
