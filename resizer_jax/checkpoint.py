@@ -76,11 +76,13 @@ def load(workdir: str, step: int | None = None):
   return step, restored["state"], restored["meta"]
 
 
-def warm_start(state, init_from: str, subtrees=("backbone",)):
+def warm_start(state, init_from: str, subtrees=("backbone",), keep_fresh=()):
   """`state` with the `subtrees` of its params and batch_stats taken from the run in `init_from`.
 
   The paper's recipe: the backbone (with its head) from a run trained with a fixed resizer, the
   resizer fresh. Every leaf must exist with the same shape on both sides, else nothing is loaded.
+  `keep_fresh` names children of each subtree that stay as initialised: ("head",) starts IQA's
+  10-way head on a backbone from an ImageNet run.
   """
   step, saved, _ = load(init_from)
   updates, problems = {}, []
@@ -92,17 +94,19 @@ def warm_start(state, init_from: str, subtrees=("backbone",)):
       if name not in saved.get(collection, {}):
         problems.append(f"{collection}.{name}: missing in checkpoint")
         continue
-      want, have = _flatten(jax.tree.map(lambda x: x.shape, dict(fresh[name]))), _flatten(
-          jax.tree.map(lambda x: x.shape, saved[collection][name]))
+      fresh_part = {k: v for k, v in dict(fresh[name]).items() if k not in keep_fresh}
+      saved_part = {k: v for k, v in saved[collection][name].items() if k not in keep_fresh}
+      want, have = _flatten(jax.tree.map(lambda x: x.shape, fresh_part)), _flatten(
+          jax.tree.map(lambda x: x.shape, saved_part))
       mismatched = [f"{collection}.{name}.{k}: {have.get(k, 'missing')} in checkpoint vs "
                     f"{want.get(k, 'missing')} in model" for k in sorted(set(want) | set(have))
                     if want.get(k) != have.get(k)]
       problems += mismatched
       if mismatched:
         continue
-      updates.setdefault(collection, dict(fresh))[name] = jax.tree.map(
+      updates.setdefault(collection, dict(fresh))[name] = {**dict(fresh[name]), **jax.tree.map(
           lambda new, old: jax.device_put(old, new.sharding).astype(new.dtype),
-          dict(fresh[name]), saved[collection][name])
+          fresh_part, saved_part)}
   if problems:
     raise ValueError(f"init_from={init_from} does not fit this model: {'; '.join(problems)}")
   logging.info("Warm start: %s from %s (step %d).", ", ".join(subtrees), init_from, step)

@@ -35,7 +35,12 @@ from scipy import stats
 
 from resizer_jax import config_args
 
-METRIC = "eval/accuracy"
+# The paper's headline number per task: top-1 accuracy (classification) or PLCC (IQA).
+METRICS = ("eval/plcc", "eval/accuracy")
+
+
+def headline_metric(rows) -> str:
+  return next(m for m in METRICS if all(m in r for r in rows))
 
 
 def grid(add, **axes):
@@ -136,13 +141,13 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
   return float(values.mean()), float(half)
 
 
-def _cells(rows):
+def _cells(rows, metric):
   """{(other overrides..., resizer): {seed: metric}}, the factors being every non-seed override."""
   cells = {}
   for r in rows:
     key = tuple(sorted((k, str(v)) for k, v in r.items()
                        if k not in ("seed", "step") and not k.startswith("eval/")))
-    cells.setdefault(key, {})[r.get("seed", 0)] = r[METRIC]
+    cells.setdefault(key, {})[r.get("seed", 0)] = r[metric]
   return cells
 
 
@@ -155,8 +160,9 @@ def write_results(rows, workdir):
     writer.writeheader()
     writer.writerows(rows)
 
-  cells = _cells(rows)
-  lines = [f"{METRIC}: mean ± 95% CI (t) over seeds", "", "| cell | seeds | mean | ± 95% CI |",
+  metric = headline_metric(rows)
+  cells = _cells(rows, metric)
+  lines = [f"{metric}: mean ± 95% CI (t) over seeds", "", "| cell | seeds | mean | ± 95% CI |",
            "|---|---:|---:|---:|"]
   for key, by_seed in sorted(cells.items()):
     mean, half = mean_ci(list(by_seed.values()))
@@ -179,10 +185,10 @@ def write_results(rows, workdir):
               "| cell | difference | seeds | mean | ± 95% CI |", "|---|---|---:|---:|---:|"] + diffs
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  _plot(cells, os.path.join(workdir, "results.png"))
+  _plot(cells, metric, os.path.join(workdir, "results.png"))
 
 
-def _plot(cells, path):
+def _plot(cells, metric, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -199,7 +205,7 @@ def _plot(cells, path):
     half = np.nan_to_num(half)
     ax.fill_between(x, mean - half, mean + half, alpha=0.2)
   ax.set_xlabel("target resolution (px)")
-  ax.set_ylabel(f"{METRIC} (mean ± 95% CI over seeds)")
+  ax.set_ylabel(f"{metric} (mean ± 95% CI over seeds)")
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)

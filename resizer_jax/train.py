@@ -18,10 +18,8 @@ from typing import Any
 
 from absl import logging
 from clu import metric_writers
-from clu import metrics as clu_metrics
 from clu import periodic_actions
 from etils import epath
-import flax
 from flax.training import train_state
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -30,6 +28,8 @@ import ml_collections
 import optax
 
 from resizer_jax import checkpoint
+from resizer_jax import losses
+from resizer_jax import metrics as metrics_lib
 from resizer_jax import models
 from resizer_jax import pictures
 from resizer_jax.data import input_pipeline
@@ -38,37 +38,6 @@ from resizer_jax.data import input_pipeline
 class TrainState(train_state.TrainState):
   batch_stats: Any
   skipped: jax.Array  # Undecodable training examples so far (checkpointed, so exact over restarts).
-
-
-@flax.struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-  loss: clu_metrics.Average.from_output("loss")
-  accuracy: clu_metrics.Accuracy
-  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
-
-
-@flax.struct.dataclass
-class Total(clu_metrics.Metric):
-  """The sum of `skipped` over all batches (clu has averages, not sums)."""
-  total: jax.Array
-
-  @classmethod
-  def from_model_output(cls, skipped, **_):
-    return cls(total=jnp.sum(skipped))
-
-  def merge(self, other):
-    return type(self)(total=self.total + other.total)
-
-  def compute(self):
-    return self.total
-
-
-@flax.struct.dataclass
-class EvalMetrics(clu_metrics.Collection):
-  loss: clu_metrics.Average.from_output("loss")
-  accuracy: clu_metrics.Accuracy
-  top5_accuracy: clu_metrics.Average.from_output("top5")
-  skipped: Total  # Undecodable eval examples (masked out of the other metrics).
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,9 +72,13 @@ def make_optimizer(config, schedule):
 # ----------------------------------------------------------------------------------------------
 # The steps.
 # ----------------------------------------------------------------------------------------------
-def train_step(state: TrainState, batch, *, model, schedule, num_classes: int,
-               label_smoothing: float, seed: int):
-  """One SGD step on a global batch; returns the new state and this step's metrics."""
+def train_step(state: TrainState, batch, *, model, schedule,
+               label_smoothing: float, seed: int, task: str = "classification"):
+  """One SGD step on a global batch; returns the new state and this step's metrics.
+
+  task="classification": softmax cross-entropy on batch["label"]; task="iqa": NIMA's EMD (r = 2)
+  between the softmax of the 10 logits and batch["distribution"], the vote histogram.
+  """
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
   def loss_fn(params):
@@ -113,12 +86,20 @@ def train_step(state: TrainState, batch, *, model, schedule, num_classes: int,
                                   batch["image"], train=True, mutable=["batch_stats"],
                                   rngs={"dropout": dropout_rng})
     logits = logits.astype(jnp.float32)
-    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets).mean(), (logits, updates["batch_stats"])
+    if task == "iqa":
+      loss = losses.emd_loss(jax.nn.softmax(logits), batch["distribution"])
+    else:
+      loss = losses.cross_entropy(logits, batch["label"], label_smoothing)
+    return loss.mean(), (logits, updates["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  metrics = TrainMetrics.single_from_model_output(
-      loss=loss, logits=logits, labels=batch["label"], learning_rate=schedule(state.step))
+  if task == "iqa":
+    metrics = metrics_lib.IQATrainMetrics.single_from_model_output(
+        loss=loss, logits=logits, distribution=batch["distribution"],
+        learning_rate=schedule(state.step))
+  else:
+    metrics = metrics_lib.TrainMetrics.single_from_model_output(
+        loss=loss, logits=logits, labels=batch["label"], learning_rate=schedule(state.step))
   # A global sum under jit: the count over every host's share of the batch.
   skipped = state.skipped + jnp.sum(batch["skipped"])
   return state.apply_gradients(grads=grads, batch_stats=batch_stats, skipped=skipped), metrics
@@ -173,19 +154,24 @@ def make_init(model, tx, input_size: int):
 def jit_train_step(config, model, schedule, state_sharding, batch_sharding):
   """The compiled train step; the state's buffers are donated to the new state."""
   return jax.jit(
-      functools.partial(train_step, model=model, schedule=schedule, num_classes=config.num_classes,
-                        label_smoothing=config.optimizer.label_smoothing, seed=config.seed),
+      functools.partial(train_step, model=model, schedule=schedule,
+                        label_smoothing=config.optimizer.label_smoothing, seed=config.seed,
+                        task=config.get("task", "classification")),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, NamedSharding(batch_sharding.mesh, P())), donate_argnums=0)
 
 
-def eval_step(state: TrainState, batch, *, model):
+def eval_step(state: TrainState, batch, *, model, task: str = "classification"):
   logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
                        train=False).astype(jnp.float32)
+  if task == "iqa":
+    return metrics_lib.IQAEvalMetrics.single_from_model_output(
+        logits=logits, distribution=batch["distribution"], skipped=batch["skipped"],
+        mask=batch["mask"])
   labels = batch["label"]
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   top5 = jnp.any(jax.lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None], axis=-1)
-  return EvalMetrics.single_from_model_output(loss=loss, logits=logits, labels=labels,
+  return metrics_lib.EvalMetrics.single_from_model_output(loss=loss, logits=logits, labels=labels,
                                               top5=top5.astype(jnp.float32), mask=batch["mask"],
                                               skipped=batch["skipped"])
 
@@ -313,7 +299,9 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
   if state is None:
     state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
     if config.get("init_from"):
-      state = checkpoint.warm_start(state, config.init_from)
+      # init_head=False: e.g. IQA's 10-way head on a backbone from an ImageNet run.
+      state = checkpoint.warm_start(state, config.init_from,
+                                    keep_fresh=() if config.get("init_head", True) else ("head",))
   start_step = int(state.step)
 
   # --- Logging (host 0 only writes), config.json, and the compiled steps.
@@ -331,7 +319,8 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
                steps_per_epoch, dict(mesh.shape), jax.process_count())
 
   train_fn = jit_train_step(config, model, schedule, shardings, sharded)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model),
+  eval_fn = jax.jit(functools.partial(eval_step, model=model,
+                                      task=config.get("task", "classification")),
                     in_shardings=(shardings, sharded), out_shardings=replicated)
 
   # --- Pictures of the resizer's output on a few fixed eval images (resizers with parameters).

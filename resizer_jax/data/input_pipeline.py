@@ -33,9 +33,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from resizer_jax.data import ava  # pylint: disable=unused-import  # Registers `ava`.
 from resizer_jax.data import demo  # pylint: disable=unused-import  # Registers `resizer_demo`.
 
-TRAIN_PREPROCESS = ("crop_flip", "inception_crop")
+TRAIN_PREPROCESS = ("crop_flip", "inception_crop", "resize_crop_flip")
 
 
 def get_builder(data_config, num_classes: int | None = None, *, prepare: bool = True):
@@ -48,10 +49,13 @@ def get_builder(data_config, num_classes: int | None = None, *, prepare: bool = 
   if prepare:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=data_config.get("manual_dir")))
-  label = builder.info.features["label"]
-  if num_classes is not None and getattr(label, "num_classes", num_classes) != num_classes:
-    raise ValueError(f"config.num_classes={num_classes} but {data_config.name} has "
-                     f"{label.num_classes} classes")
+  features = builder.info.features
+  if "distribution" in features:  # IQA (`ava`): one logit per score bin.
+    width = features["distribution"].shape[-1]
+  else:
+    width = getattr(features["label"], "num_classes", num_classes)
+  if num_classes is not None and width != num_classes:
+    raise ValueError(f"config.num_classes={num_classes} but {data_config.name} has {width} classes")
   return builder
 
 
@@ -64,6 +68,24 @@ def _decode(example):
 def _resize(image, size):
   return tf.cast(tf.clip_by_value(tf.round(
       tf.image.resize(image, size, method="bilinear", antialias=True)), 0, 255), tf.uint8)
+
+
+def _resize_shorter_side(image, side):
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  new_hw = tf.cast(tf.round(shape * (side / tf.reduce_min(shape))), tf.int32)
+  return tf.cond(tf.reduce_all(new_hw == tf.shape(image)[:2]), lambda: image,
+                 lambda: _resize(image, new_hw))
+
+
+def _is_iqa(builder) -> bool:
+  return "distribution" in builder.info.features
+
+
+def _targets(example, iqa: bool):
+  """What the loss reads: the class label, or for IQA the 10-bin vote distribution."""
+  if iqa:
+    return {"distribution": tf.cast(example["distribution"], tf.float32)}
+  return {"label": tf.cast(example["label"], tf.int32)}
 
 
 def preprocess_train(image, seed, data_config):
@@ -84,6 +106,11 @@ def preprocess_train(image, seed, data_config):
         min_object_covered=0.0, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
         max_attempts=10, use_image_if_no_bounding_boxes=True)
     image = _resize(tf.slice(image, begin, crop_size), (size, size))
+  elif name == "resize_crop_flip":
+    # NIMA's crops (rescale, then a random square of 224/256 of it), keeping the aspect ratio so that
+    # train and eval images are rescaled alike: the shorter side to input_size / eval_crop_fraction.
+    image = _resize_shorter_side(image, size / data_config.eval_crop_fraction)
+    image = tf.image.stateless_random_crop(image, [size, size, 3], seed=crop_seed)
   else:
     raise ValueError(f"unknown train_preprocess {name!r}; valid: {', '.join(TRAIN_PREPROCESS)}")
   return tf.image.stateless_random_flip_left_right(image, flip_seed)
@@ -92,11 +119,7 @@ def preprocess_train(image, seed, data_config):
 def preprocess_eval(image, data_config):
   """Resize the shorter side to input_size / crop_fraction, then take the central square."""
   size = data_config.input_size
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = size / data_config.eval_crop_fraction / tf.reduce_min(shape)
-  new_hw = tf.cast(tf.round(shape * scale), tf.int32)
-  image = tf.cond(tf.reduce_all(new_hw == tf.shape(image)[:2]), lambda: image,
-                  lambda: _resize(image, new_hw))
+  image = _resize_shorter_side(image, size / data_config.eval_crop_fraction)
   return tf.image.resize_with_crop_or_pad(image, size, size)
 
 
@@ -132,9 +155,11 @@ def _prepare_or_flag(ds, prepare, placeholder):
   return ds.interleave(one, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _placeholder(data_config):
+def _placeholder(data_config, iqa: bool):
+  targets = ({"distribution": tf.zeros([10], tf.float32)} if iqa else
+             {"label": tf.constant(0, tf.int32)})
   return {"image": tf.zeros([data_config.input_size, data_config.input_size, 3], tf.uint8),
-          "label": tf.constant(0, tf.int32)}
+          **targets}
 
 
 def local_batch_size(global_batch: int) -> int:
@@ -151,6 +176,7 @@ def _shard_stream(builder, data_config, split, shard: int, num_shards: int, *, r
   first_epoch, offset = divmod(start_step * rows, n)
   examples = _read(builder, split)
   buffer = min(n, data_config.shuffle_buffer)
+  iqa = _is_iqa(builder)
 
   def epoch(e):
     return examples.shuffle(buffer, seed=seed + e + 1_000_003 * shard)
@@ -161,7 +187,7 @@ def _shard_stream(builder, data_config, split, shard: int, num_shards: int, *, r
   def prepare(i, example):
     counter = tf.stack([tf.constant(seed, tf.int64), i * num_shards + shard])
     return {"image": preprocess_train(_decode(example), counter, data_config),
-            "label": tf.cast(example["label"], tf.int32)}
+            **_targets(example, iqa)}
 
   def count_failures(run, slot):
     # 2n failures in a row cover a whole epoch: nothing in this shard decodes, and skipping would
@@ -178,11 +204,10 @@ def _shard_stream(builder, data_config, split, shard: int, num_shards: int, *, r
   def fill(ok, copies, out):
     del ok
     # The failed examples just before this one take copies of it, flagged as skipped.
-    return {"image": tf.repeat(out["image"][None], copies, axis=0),
-            "label": tf.repeat(out["label"][None], copies),
+    return {**{k: tf.repeat(v[None], copies, axis=0) for k, v in out.items()},
             "skipped": tf.cast(tf.range(copies) < copies - 1, tf.int32)}
 
-  ds = _prepare_or_flag(ds, prepare, _placeholder(data_config))
+  ds = _prepare_or_flag(ds, prepare, _placeholder(data_config, iqa))
   ds = ds.scan(tf.constant(0, tf.int64), count_failures).filter(lambda ok, *_: ok)
   ds = ds.map(fill, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
   return ds.batch(rows, drop_remainder=True)
@@ -224,17 +249,18 @@ def eval_dataset(builder, data_config, *, global_batch: int):
   # split_for_jax_process gives the first hosts one example more when the split does not divide.
   per_host = math.ceil(_num_examples(builder, split) / jax.process_count())
   num_steps = math.ceil(per_host / batch)
+  iqa = _is_iqa(builder)
 
   def prepare(example):
-    return {"image": preprocess_eval(_decode(example), data_config),
-            "label": tf.cast(example["label"], tf.int32)}
+    return {"image": preprocess_eval(_decode(example), data_config), **_targets(example, iqa)}
 
   def flag(ok, out):
     return {**out, "mask": ok, "skipped": tf.cast(tf.logical_not(ok), tf.int32)}
 
   ds = _read(builder, tfds.split_for_jax_process(split, drop_remainder=False))
-  ds = _prepare_or_flag(ds, prepare, _placeholder(data_config)).map(flag)
-  padding = tf.data.Dataset.from_tensors({**_placeholder(data_config), "mask": tf.constant(False),
+  ds = _prepare_or_flag(ds, prepare, _placeholder(data_config, iqa)).map(flag)
+  padding = tf.data.Dataset.from_tensors({**_placeholder(data_config, iqa),
+                                          "mask": tf.constant(False),
                                           "skipped": tf.constant(0, tf.int32)}).repeat()
   ds = ds.concatenate(padding).take(num_steps * batch).batch(batch)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options()), num_steps

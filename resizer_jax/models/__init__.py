@@ -63,13 +63,46 @@ class ResizedModel(nn.Module):
     return self.backbone(self.resizer(normalize(images, self.dtype), train=train), train=train)
 
 
+TASKS = ("classification", "iqa")
+# The IQA head: a softmax over the opinion scores 1..10, as in NIMA.
+IQA_NUM_CLASSES = 10
+
+
+def backbone_options(backbone_config) -> dict:
+  """Every `config.backbone` field but `name` that is set, as the backbone module's attributes.
+
+  E.g. `config.backbone.dropout_rate = 0.75`, NIMA's dropout before the IQA head; None keeps the
+  backbone's default.
+  """
+  return {k: v for k, v in backbone_config.items() if k != "name" and v is not None}
+
+
 def from_config(config) -> ResizedModel:
-  """The model described by `config.resizer`, `config.backbone` and `config.num_classes`."""
+  """The model described by `config.resizer`, `config.backbone` and `config.num_classes`.
+
+  `config.task` ("classification" by default, or "iqa") only checks the head's width here: IQA shares
+  the resizer and backbone code, and its head is the backbone's classifier with 10 outputs whose
+  softmax is the predicted score histogram.
+  """
+  task = config.get("task", "classification")
+  if task not in TASKS:
+    raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+  if task == "iqa" and config.num_classes != IQA_NUM_CLASSES:
+    raise ValueError(f"task=iqa needs num_classes={IQA_NUM_CLASSES} (scores 1..10), got "
+                     f"{config.num_classes}")
   dtype = jnp.dtype(config.get("dtype", "float32"))
   r = config.resizer
   resizer_kwargs = dict(num_filters=r.num_filters, num_res_blocks=r.num_res_blocks,
                         interpolation=r.interpolation, zero_init_tail=r.zero_init_tail, dtype=dtype)
   resizer = get_resizer(r.name, output_size=r.get("output_size"), scale=r.get("scale"),
                         antialias=r.antialias, **(resizer_kwargs if r.name in ("learned", "control") else {}))
-  backbone = get_backbone(config.backbone.name, num_classes=config.num_classes, dtype=dtype)
+  name, options = config.backbone.name, backbone_options(config.backbone)
+  if name in BACKBONES:
+    module = getattr(BACKBONES[name], "func", BACKBONES[name])  # Past functools.partial.
+    valid = sorted(set(module.__dataclass_fields__) - {"parent", "name", "num_classes", "dtype"})
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+      raise ValueError(f"config.backbone.{unknown[0]} is not an option of {name}; valid: "
+                       f"{', '.join(valid)}")
+  backbone = get_backbone(name, num_classes=config.num_classes, dtype=dtype, **options)
   return ResizedModel(resizer=resizer, backbone=backbone, dtype=dtype)

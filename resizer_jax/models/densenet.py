@@ -46,12 +46,14 @@ class DenseNet(nn.Module):
     growth_rate: channels each dense layer adds.
     bn_size: bottleneck width as a multiple of `growth_rate`.
     stem_features: channels out of the 7x7 stem; every transition halves the channel count.
+    dropout_rate: dropout before the classifier (none in torchvision's; NIMA's IQA head uses 0.75).
   """
   block_sizes: Sequence[int] = (6, 12, 24, 16)
   growth_rate: int = 32
   bn_size: int = 4
   stem_features: int = 64
   num_classes: int = 1000
+  dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -74,6 +76,7 @@ class DenseNet(nn.Module):
         x = Transition(x.shape[-1] // 2, conv=conv, norm=norm, name=f"transition{i + 1}")(x)
     x = nn.relu(norm(name="final_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     # torchvision keeps nn.Linear's default U(+-1/sqrt(fan_in)) weights and zeroes the bias.
     return nn.Dense(self.num_classes, dtype=self.dtype,
                     kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),

@@ -60,6 +60,7 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage; stage i has width `width * 2**i` (times 4 out of a bottleneck).
     small_stem: a 3x3 stride-1 stem without max-pool, for inputs of a few dozen pixels.
     zero_init_residual: zero the last BN scale of each block, so blocks start as identities.
+    dropout_rate: dropout before the classifier (none in torchvision's; NIMA's IQA head uses 0.75).
   """
   stage_sizes: Sequence[int]
   block: str = "bottleneck"
@@ -67,6 +68,7 @@ class ResNet(nn.Module):
   width: int = 64
   small_stem: bool = False
   zero_init_residual: bool = True
+  dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -90,4 +92,5 @@ class ResNet(nn.Module):
         x = block_cls(self.width * 2**i, strides=2 if i > 0 and j == 0 else 1, conv=conv, norm=norm,
                       last_scale_init=last_scale_init, name=f"stage{i + 1}_block{j + 1}")(x)
     x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
