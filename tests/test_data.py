@@ -6,6 +6,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from helpers import REPO
+from resizer_jax.config_args import load_config
 from resizer_jax.data import demo
 from resizer_jax.data import input_pipeline
 
@@ -148,3 +150,14 @@ def test_two_hosts_eval_an_odd_split_once_in_the_same_number_of_steps(data_dir, 
     assert all(b["skipped"].sum() == 0 for b in batches)
   assert steps == [(4, 4), (4, 4)]  # 8 and 7 examples, 2 per host and step.
   assert sorted(seen) == sorted(everything)
+
+
+@pytest.mark.parametrize("config_file", ["demo.py", "demo_iqa.py"])
+def test_demo_eval_is_the_central_crop_at_native_resolution_like_train_crops(config_file):
+  """The demos' labels live in pixel statistics: eval must not rescale what train does not."""
+  config = load_config(f"{REPO}/configs/{config_file}")
+  size = config.data.input_size
+  image = np.random.default_rng(0).integers(0, 256, (256, 256, 3), np.uint8)
+  out = input_pipeline.preprocess_eval(tf.constant(image), config.data).numpy()
+  start = (256 - size) // 2
+  np.testing.assert_array_equal(out, image[start:start + size, start:start + size])
