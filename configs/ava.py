@@ -59,6 +59,7 @@ def get_config(arg=None):
       train_preprocess="resize_crop_flip",
       eval_crop_fraction=0.875,
       shuffle_buffer=10_000,
+      num_shards=ml_collections.config_dict.placeholder(int),  # None: one per process (README).
   )
   config.num_classes = 10  # The scores 1..10.
 
@@ -77,6 +78,7 @@ def get_config(arg=None):
   config.init_from = ml_collections.config_dict.placeholder(str)
   config.init_head = arg["finetune"]
 
+  config.mesh = (("data", -1),)  # Add ("fsdp", k) to split the state k ways (README).
   config.batch_size = BATCH_FOR_INPUT.get(arg["input"], 64)
   config.eval_batch_size = config.batch_size
   config.num_epochs = 20.0

@@ -42,6 +42,7 @@ def get_config(arg=None):
       # the blur and noise the model is asked about.)
       eval_crop_fraction=arg["input"] / 256,
       shuffle_buffer=2048,
+      num_shards=ml_collections.config_dict.placeholder(int),  # None: one per process (README).
   )
   config.num_classes = 10  # The scores 1..10.
 
@@ -59,6 +60,7 @@ def get_config(arg=None):
   config.init_from = ml_collections.config_dict.placeholder(str)
   config.init_head = True  # A warm start here would come from another IQA run: same 10-way head.
 
+  config.mesh = (("data", -1),)  # Add ("fsdp", k) to split the state k ways (README).
   config.batch_size = 8 if arg["tiny"] else 32
   config.eval_batch_size = 8 if arg["tiny"] else 64
   config.num_epochs = 20.0

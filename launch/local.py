@@ -60,8 +60,11 @@ def main():
       print(" ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), *map(shlex.quote, cmd)]))
     return 0
 
+  # Own sessions: a Ctrl-C in this terminal reaches only the launcher, which turns it into the
+  # SIGTERM that makes every process save, instead of killing them mid-step.
   procs = [subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for env, cmd in cmds]
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+           for env, cmd in cmds]
   forward = lambda signum, _: [p.send_signal(signal.SIGTERM) for p in procs if p.poll() is None]
   signal.signal(signal.SIGTERM, forward)
   signal.signal(signal.SIGINT, forward)

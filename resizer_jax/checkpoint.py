@@ -1,6 +1,6 @@
 """The checkpoint layout: Orbax under `workdir/checkpoints/<step>/{state,meta}`.
 
-`state` is the TrainState (step, params, batch_stats, opt_state); `meta` is JSON: the model signature
+`state` is the TrainState (step, params, batch_stats, opt_state, skipped); `meta` is JSON: the model signature
 (what must match to resume) and the whole config (so a checkpoint is usable without its config file).
 """
 import json
@@ -9,6 +9,7 @@ import os
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -105,7 +106,8 @@ def warm_start(state, init_from: str, subtrees=("backbone",), keep_fresh=()):
       if mismatched:
         continue
       updates.setdefault(collection, dict(fresh))[name] = {**dict(fresh[name]), **jax.tree.map(
-          lambda new, old: jax.device_put(old, new.sharding).astype(new.dtype),
+          # Through host memory: `new` may be sharded over other hosts' devices.
+          lambda new, old: jax.device_put(np.asarray(old, new.dtype), new.sharding),
           fresh_part, saved_part)}
   if problems:
     raise ValueError(f"init_from={init_from} does not fit this model: {'; '.join(problems)}")

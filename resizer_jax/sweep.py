@@ -2,7 +2,7 @@
 
   python -m resizer_jax.sweep --config=configs/demo.py --workdir=runs/demo_sweep
   python -m resizer_jax.sweep --config=configs/imagenet.py --workdir=gs://B/sweep --launch=tpu \
-      --launch_args=--zone=us-central2-b,--accelerator=v4-32 [--dry-run]   # then again with --collect
+      --launch_args=--zone=us-central2-b,--accelerator=v4-32 [--dry_run]   # then again with --collect
   rows = resizer_jax.sweep.run("configs/demo.py:tiny", "runs/tiny_sweep")
 
 A config file may define, next to `get_config(arg)`:
@@ -20,6 +20,7 @@ After the points: `DIR/results.csv` (one row per run), `DIR/results.md` (mean ±
 cell, and the learned − baseline difference paired by seed) and `DIR/results.png`.
 """
 import csv
+import io
 import itertools
 import json
 import math
@@ -30,6 +31,7 @@ import subprocess
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import numpy as np
 from scipy import stats
 
@@ -74,11 +76,10 @@ def points(config: str) -> list[dict]:
 
 def _result(point, point_dir):
   """The finished point's row (overrides, step, final metrics), or None while it is unfinished."""
-  path = os.path.join(point_dir, "result.json")
-  if not os.path.exists(path):
+  path = epath.Path(point_dir) / "result.json"
+  if not path.exists():
     return None
-  with open(path) as f:
-    return {**point["overrides"], **json.load(f)}
+  return {**point["overrides"], **json.loads(path.read_text())}
 
 
 def run(config: str, workdir: str) -> list[dict]:
@@ -90,8 +91,11 @@ def run(config: str, workdir: str) -> list[dict]:
     point_dir = os.path.join(workdir, point["name"])
     if _result(point, point_dir) is None:
       logging.info("Sweep point %s: %s:%s", point["name"], path, point["arg"])
-      os.makedirs(point_dir, exist_ok=True)
+      epath.Path(point_dir).mkdir(parents=True, exist_ok=True)
       train.train_and_evaluate(config_args.load_config(f"{path}:{point['arg']}"), point_dir)
+    if _result(point, point_dir) is None:  # Preempted (SIGTERM): the rerun continues from here.
+      logging.warning("Sweep stopped at point %s; rerun to continue.", point["name"])
+      return rows
     rows.append(_result(point, point_dir))
   write_results(rows, workdir)
   return rows
@@ -155,10 +159,11 @@ def write_results(rows, workdir):
   """results.csv, results.md and results.png in `workdir`."""
   columns = sorted({k for r in rows for k in r if not k.startswith("eval/")}) + sorted(
       {k for r in rows for k in r if k.startswith("eval/")})
-  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
+  table = io.StringIO()
+  writer = csv.DictWriter(table, fieldnames=columns)
+  writer.writeheader()
+  writer.writerows(rows)
+  (epath.Path(workdir) / "results.csv").write_text(table.getvalue())
 
   metric = headline_metric(rows)
   cells = _cells(rows, metric)
@@ -183,9 +188,8 @@ def write_results(rows, workdir):
   if diffs:
     lines += ["", "Difference to the baseline, paired by seed:", "",
               "| cell | difference | seeds | mean | ± 95% CI |", "|---|---|---:|---:|---:|"] + diffs
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  _plot(cells, metric, os.path.join(workdir, "results.png"))
+  (epath.Path(workdir) / "results.md").write_text("\n".join(lines) + "\n")
+  _plot(cells, metric, epath.Path(workdir) / "results.png")
 
 
 def _plot(cells, metric, path):
@@ -208,7 +212,9 @@ def _plot(cells, metric, path):
   ax.set_ylabel(f"{metric} (mean ± 95% CI over seeds)")
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100)
+  path.write_bytes(png.getvalue())
   plt.close(fig)
 
 
@@ -231,31 +237,35 @@ def _define_flags():
 
 def main(argv):
   del argv
-  cmds = launch_commands(FLAGS.config, FLAGS.workdir, FLAGS.launch, FLAGS.launch_args)
+  workdir = FLAGS.workdir if "://" in FLAGS.workdir else os.path.abspath(FLAGS.workdir)
   if FLAGS.dry_run:
-    for cmd in cmds:
+    for cmd in launch_commands(FLAGS.config, workdir, FLAGS.launch, FLAGS.launch_args):
       print(" ".join(map(shlex.quote, cmd)))
     return
   if FLAGS.collect:
-    rows = collect(FLAGS.config, FLAGS.workdir)
+    rows = collect(FLAGS.config, workdir)
   elif FLAGS.launch == "local":
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")
-    rows = run(FLAGS.config, FLAGS.workdir)
+    rows = run(FLAGS.config, workdir)
   else:
+    # Launchers run from the repository root, which config paths are relative to; their logs stay
+    # on this machine (next to the runs, or in ./NAME-launch-logs for a gs:// sweep).
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for cmd in cmds:  # Each launcher streams its run's output: keep it next to the run.
-      point_dir = cmd[-1].partition("=")[2]
-      os.makedirs(point_dir, exist_ok=True)
-      with open(os.path.join(point_dir, f"launch-{FLAGS.launch}.log"), "a") as log:
+    logs = workdir if "://" not in workdir else os.path.abspath(
+        os.path.basename(workdir.rstrip("/")) + "-launch-logs")
+    for cmd in launch_commands(FLAGS.config, workdir, FLAGS.launch, FLAGS.launch_args):
+      name = os.path.basename(cmd[-1].partition("=")[2])
+      os.makedirs(os.path.join(logs, name), exist_ok=True)
+      with open(os.path.join(logs, name, f"launch-{FLAGS.launch}.log"), "a") as log:
         subprocess.Popen(cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT)
-    logging.info("Launched %d points with %s; when they are done: python -m resizer_jax.sweep "
-                 "--config=%s --workdir=%s --collect", len(cmds), FLAGS.launch, FLAGS.config,
-                 FLAGS.workdir)
+    logging.info("Launched the unfinished points with %s (logs in %s); when they are done: "
+                 "python -m resizer_jax.sweep --config=%s --workdir=%s --collect", FLAGS.launch,
+                 logs, FLAGS.config, FLAGS.workdir)
     return
   if rows:
-    print(open(os.path.join(FLAGS.workdir, "results.md")).read())
-  logging.info("%d finished runs; results in %s", len(rows), FLAGS.workdir)
+    print((epath.Path(workdir) / "results.md").read_text())
+  logging.info("%d finished runs; results in %s", len(rows), workdir)
 
 
 if __name__ == "__main__":

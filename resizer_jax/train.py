@@ -279,7 +279,8 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
         lambda x: jax.make_array_from_process_local_data(sharded, x), batch)
 
   # --- Data.
-  builder = input_pipeline.get_builder(config.data, config.num_classes)
+  task = config.get("task", "classification")
+  builder = input_pipeline.get_builder(config.data, config.num_classes, task)
   num_train = builder.info.splits[config.data.train_split].num_examples
   steps_per_epoch = max(1, num_train // config.batch_size)
   total_steps = config.num_train_steps or round(config.num_epochs * steps_per_epoch)
@@ -319,15 +320,23 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
                steps_per_epoch, dict(mesh.shape), jax.process_count())
 
   train_fn = jit_train_step(config, model, schedule, shardings, sharded)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model,
-                                      task=config.get("task", "classification")),
+  eval_fn = jax.jit(functools.partial(eval_step, model=model, task=task),
                     in_shardings=(shardings, sharded), out_shardings=replicated)
 
   # --- Pictures of the resizer's output on a few fixed eval images (resizers with parameters).
+  draw = config.get("num_pictures") and "resizer" in abstract.params
+  # Every process takes part in gathering the resizer's variables (FSDP may have split them over
+  # hosts); process 0 draws.
+  def resizer_variables(state):
+    return {k: {"resizer": v["resizer"]} for k, v in (
+        ("params", state.params), ("batch_stats", state.batch_stats)) if "resizer" in v}
+  gather_resizer = jax.jit(resizer_variables, out_shardings=replicated)
   sample = None
-  if is_chief and config.get("num_pictures") and "resizer" in abstract.params:
+  if is_chief and draw:
     ds, _ = input_pipeline.eval_dataset(builder, config.data, global_batch=config.eval_batch_size)
     sample = next(ds.as_numpy_iterator())["image"][:config.num_pictures]
+  if is_chief and start_step < total_steps:  # Not finished any more (e.g. more steps asked for).
+    (epath.Path(workdir) / "result.json").unlink(missing_ok=True)
 
   # --- Train.
   train_iter = input_pipeline.train_dataset(builder, config.data, global_batch=config.batch_size,
@@ -336,6 +345,10 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, every_secs=30)
   hooks = [progress] if is_chief else []
   eval_metrics, train_metrics, last_log = {}, None, (time.time(), start_step)
+  if preempted(start_step, mngr):  # While preparing: the workdir already holds this state.
+    logging.warning("Preempted before training; rerun the same command to continue.")
+    mngr.close()
+    return {}
   try:
     with metric_writers.ensure_flushes(writer):
       for step in range(start_step + 1, total_steps + 1):
@@ -356,10 +369,11 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
           with progress.timed("eval"):
             eval_metrics = evaluate(eval_fn, state, builder, config, to_global)
           scalars.update(eval_metrics)
-          if sample is not None:
-            resizer_vars = jax.device_get({k: {"resizer": v["resizer"]} for k, v in (
-                ("params", state.params), ("batch_stats", state.batch_stats)) if "resizer" in v})
-            pictures.write(writer, workdir, step, pictures.panel(model, resizer_vars, sample, config))
+          if draw:
+            resizer_vars = gather_resizer(state)
+            if is_chief:
+              pictures.write(writer, workdir, step, pictures.panel(
+                  model, jax.device_get(resizer_vars), sample, config))
         writer.write_scalars(step, scalars)  # The default writer also logs them to the console.
         if step % config.checkpoint_every_steps == 0 or last or stop:
           checkpoint.save(mngr, step, state, config)

@@ -60,7 +60,8 @@ def assert_same_training(workdir, reference, early_step):
                                  params_distance(ref_end["batch_stats"], ref_early["batch_stats"]),
             "params end": params_distance(end["params"], ref_end["params"]) / moved}
   print("distance / distance moved:", ratios)
-  # Seen: up to 7e-4 early and 3e-3 at the end (1 vs 8 devices); the same run reading its batches
-  # in another order: 1.3 and 2.3.
+  # Seen: up to 7e-4 early, and up to 0.065 at the end, where AdamW's sign-like updates of
+  # parameters with near-zero gradients have flipped with the rounding for a few more steps; the
+  # same run reading its batches in another order: 1.3 and 2.3.
   assert ratios["params early"] < 5e-3 and ratios["batch_stats early"] < 5e-3, ratios
-  assert ratios["params end"] < 3e-2, ratios
+  assert ratios["params end"] < 0.25, ratios

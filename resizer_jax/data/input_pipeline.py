@@ -6,18 +6,20 @@ docs/data.md gives the exact preprocessing ops and how to prepare ImageNet.
 
 Batches are dicts of this host's share of a global batch (b = global batch / process count):
 
-  image    uint8 [b, input_size, input_size, 3]
-  label    int32 [b]
-  skipped  int32 [b]   1 where the example in that position could not be decoded (see below); the
-                       sum over a global batch is the number skipped in that step, over all hosts
-  mask     bool  [b]   eval only: False on padding and on skipped examples
+  image         uint8 [b, input_size, input_size, 3]
+  label         int32 [b]        classification datasets
+  distribution  float32 [b, 10]  IQA datasets (`ava`), instead of label: the vote histogram
+  skipped       int32 [b]        1 where the example in that position could not be decoded (see
+                                 below); the sum over a global batch is the number skipped in that
+                                 step, over all hosts
+  mask          bool [b]         eval only: False on padding and on skipped examples
 
 Undecodable input never stops a run. Grayscale, CMYK, PNG, GIF, BMP and WebP bytes decode to 3
 channels, whatever the file is called. An example whose preprocessing fails (empty, truncated or
 garbage bytes) is skipped: in eval it becomes a mask=0, skipped=1 entry; in training its position
 takes a copy of the next decodable example, flagged skipped=1. Every position of the stream stays
 the position of one example of the split, which is what makes a restart exact (below). A train
-split in which every example of this host's share fails is an error, not an endless loop.
+shard in which every example fails is an error, not an endless loop.
 
 Determinism: the train order is a function of (seed, epoch) only and every random augmentation is a
 stateless op seeded by (seed, example counter), so a run restarted at step N reads exactly the
@@ -29,6 +31,7 @@ data.num_shards (by default the process count), seed and shuffle_buffer; the pix
 import math
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -39,17 +42,34 @@ from resizer_jax.data import demo  # pylint: disable=unused-import  # Registers 
 TRAIN_PREPROCESS = ("crop_flip", "inception_crop", "resize_crop_flip")
 
 
-def get_builder(data_config, num_classes: int | None = None, *, prepare: bool = True):
+def get_builder(data_config, num_classes: int | None = None, task: str | None = None, *,
+                prepare: bool = True):
   """The TFDS builder named by `data_config.name`; built on first use if `prepare`.
 
   `data_config.manual_dir` is where manually downloaded archives are (ImageNet's
   ILSVRC2012_img_{train,val}.tar); None means TFDS's default, <data_dir>/downloads/manual.
+  With several processes, process 0 builds first and the others then find it built (a shared
+  data_dir) or build their own copy (a local one): never two writers on one directory.
   """
-  builder = tfds.builder(data_config.name, data_dir=data_config.get("data_dir"))
-  if prepare:
+  def prepared():
+    builder = tfds.builder(data_config.name, data_dir=data_config.get("data_dir"))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=data_config.get("manual_dir")))
+    return builder
+
+  if not prepare:
+    builder = tfds.builder(data_config.name, data_dir=data_config.get("data_dir"))
+  elif jax.process_count() == 1:
+    builder = prepared()
+  else:
+    if jax.process_index() == 0:
+      prepared()
+    multihost_utils.sync_global_devices(f"prepared {data_config.name}")
+    builder = prepared()
   features = builder.info.features
+  if task is not None and task != ("iqa" if _is_iqa(builder) else "classification"):
+    raise ValueError(f"config.task={task!r} does not fit {data_config.name}, a "
+                     f"{'iqa' if _is_iqa(builder) else 'classification'} dataset")
   if "distribution" in features:  # IQA (`ava`): one logit per score bin.
     width = features["distribution"].shape[-1]
   else:
@@ -175,11 +195,16 @@ def _shard_stream(builder, data_config, split, shard: int, num_shards: int, *, r
   n = _num_examples(builder, split)
   first_epoch, offset = divmod(start_step * rows, n)
   examples = _read(builder, split)
-  buffer = min(n, data_config.shuffle_buffer)
+  # The buffer is split among the shards: host memory stays that of one shuffle_buffer.
+  buffer = max(1, min(n, data_config.shuffle_buffer // num_shards))
   iqa = _is_iqa(builder)
 
   def epoch(e):
-    return examples.shuffle(buffer, seed=seed + e + 1_000_003 * shard)
+    # A hash of (seed, epoch, shard): seed s must not replay seed s-1's orders one epoch later.
+    order_seed = tf.random.stateless_uniform(
+        [], seed=tf.stack([tf.constant(seed, tf.int64), e * 2**20 + shard]),
+        minval=None, maxval=None, dtype=tf.int64)
+    return examples.shuffle(buffer, seed=order_seed)
 
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
   ds = ds.enumerate(start=first_epoch * n).skip(offset)
