@@ -42,7 +42,10 @@ METRICS = ("eval/plcc", "eval/accuracy")
 
 
 def headline_metric(rows) -> str:
-  return next(m for m in METRICS if all(m in r for r in rows))
+  for metric in METRICS:
+    if all(metric in r for r in rows):
+      return metric
+  raise ValueError(f"the sweep's results have none of the metrics {', '.join(METRICS)} in every row")
 
 
 def grid(add, **axes):
