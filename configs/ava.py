@@ -36,8 +36,6 @@ import ml_collections
 
 from resizer_jax import config_args
 
-BATCH_FOR_INPUT = {224: 256, 256: 256, 320: 128, 368: 128, 448: 64}
-
 
 def get_config(arg=None):
   arg = config_args.parse_arg(arg, backbone="inception_v2", resizer="learned", input=448, target=224,
@@ -79,7 +77,7 @@ def get_config(arg=None):
   config.init_head = arg["finetune"]
 
   config.mesh = (("data", -1),)  # Add ("fsdp", k) to split the state k ways (README).
-  config.batch_size = BATCH_FOR_INPUT.get(arg["input"], 64)
+  config.batch_size = config_args.batch_for_input(arg["input"])
   config.eval_batch_size = config.batch_size
   config.num_epochs = 20.0
   config.num_train_steps = 0

@@ -19,10 +19,6 @@ import ml_collections
 
 from resizer_jax import config_args
 
-# Global batch by resizer input size: the activations of the resizer's full-resolution layers grow
-# with input**2, so the batch shrinks to keep memory per step roughly constant.
-BATCH_FOR_INPUT = {224: 256, 256: 256, 320: 128, 368: 128, 448: 64}
-
 
 def get_config(arg=None):
   arg = config_args.parse_arg(arg, backbone="resnet50", resizer="learned", input=448, target=224,
@@ -64,7 +60,7 @@ def get_config(arg=None):
 
   # (axis, size) pairs, -1 = the rest; add ("fsdp", k) to split the state k ways (README).
   config.mesh = (("data", -1),)
-  config.batch_size = BATCH_FOR_INPUT.get(arg["input"], 64)
+  config.batch_size = config_args.batch_for_input(arg["input"])
   config.eval_batch_size = config.batch_size
   config.num_epochs = 10.0 if arg["finetune"] else 90.0
   config.num_train_steps = 0

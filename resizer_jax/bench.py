@@ -10,10 +10,14 @@ e.g. --config=configs/imagenet.py:input=448 --data_dir=DIR, with DIR a fake Imag
 JPEGs from `python -m resizer_jax.data.imagenet_fixture`, see docs/data.md).
 With --torch the PyTorch reference runs in the same invocation, on the same machine, and the JSON
 carries its images/s and our ratio to it — compare ratios, not absolute times: machines are noisy.
+--rounds=N alternates N timings of ours with N runs of the reference, so that both sample the same
+background load; the JSON also carries the load average before and after, and $XLA_FLAGS (e.g. the
+CPU's opt-in convolutions, docs/performance.md).
 """
 import argparse
 import functools
 import json
+import math
 import os
 import resource
 import statistics
@@ -22,6 +26,7 @@ import sys
 import time
 
 import jax
+from jax.extend import core as jax_core
 from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
@@ -41,22 +46,28 @@ PEAK_FLOPS = {"H100": {"bfloat16": 989e12, "float32": 494e12}, "H200": {"bfloat1
 
 
 def peak_flops(dtype: str) -> tuple[float, str]:
-  """The device's peak: the spec sheet off the CPU, a measured large matmul on it."""
-  device = jax.devices()[0]
+  """The peak of all devices together: spec sheets off the CPU, a measured large matmul on it.
+
+  Simulated CPU devices share the host's cores, so the CPU's peak is one matmul's, at any count.
+  """
+  device, n_devices = jax.devices()[0], jax.device_count()
   for kind, peaks in PEAK_FLOPS.items():
     if kind in device.device_kind:
-      return peaks[dtype], f"spec sheet ({device.device_kind})"
+      return peaks[dtype] * n_devices, f"spec sheet ({device.device_kind}) x {n_devices}"
   n = 2048
   a = jnp.ones((n, n), dtype)
   matmul = jax.jit(lambda a: a @ a)
   matmul(a).block_until_ready()
-  t = time.perf_counter()
-  for _ in range(5):
+  best = float("inf")
+  for _ in range(5):  # The fastest run: a peak, and the least disturbed by other processes.
+    t = time.perf_counter()
     matmul(a).block_until_ready()
-  return 2 * n**3 * 5 / (time.perf_counter() - t), f"measured {n}x{n} matmul"
+    best = min(best, time.perf_counter() - t)
+  return 2 * n**3 / best, f"measured {n}x{n} matmul"
 
 
 def time_steps(step, state, batch, warmup: int, steps: int):
+  """(state, seconds of each of `steps` steps after `warmup` untimed ones)."""
   for _ in range(warmup):
     state, out = step(state, batch)
   jax.block_until_ready(out)
@@ -66,33 +77,64 @@ def time_steps(step, state, batch, warmup: int, steps: int):
     state, out = step(state, batch)
     jax.block_until_ready((state, out))
     times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  return state, times
 
 
 def compiled(step, *args):
+  """(executable, compile seconds, FLOPs per step by XLA's cost analysis of the executable).
+
+  The executable is one device's share of the step: its count is scaled by the device count.
+  """
   t = time.perf_counter()
   exe = step.lower(*args).compile()
+  compile_s = time.perf_counter() - t
   cost = exe.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return exe, time.perf_counter() - t, float((cost or {}).get("flops", 0.0))
+  return exe, compile_s, float((cost or {}).get("flops", 0.0)) * jax.device_count()
 
 
-def bench_model(a) -> dict:
+def matmul_flops(jaxpr) -> float:
+  """2 x the multiply-adds of every convolution and matmul in `jaxpr` and its sub-jaxprs.
+
+  The model FLOPs that MFU is quoted against: the program as written, so the same on every backend
+  (XLA's cost analysis of a GPU executable leaves out the convolutions it hands to cuDNN).
+  """
+  total = 0
+  for eqn in jaxpr.eqns:
+    out = eqn.outvars[0].aval
+    if eqn.primitive.name == "dot_general":
+      (contracting, _), _ = eqn.params["dimension_numbers"]
+      total += 2 * out.size * math.prod(eqn.invars[0].aval.shape[d] for d in contracting)
+    elif eqn.primitive.name == "conv_general_dilated":
+      kernel, spec = eqn.invars[1].aval.shape, eqn.params["dimension_numbers"].rhs_spec
+      # A dilated input (the input gradient of a strided convolution) is mostly holes: a window
+      # meets 1/prod(dilation) of its taps, so that gradient costs what its forward did.
+      taps = math.prod(kernel[d] for d in spec[2:]) / math.prod(eqn.params["lhs_dilation"])
+      total += 2 * out.size * kernel[spec[1]] * taps
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if isinstance(sub, (jax_core.Jaxpr, jax_core.ClosedJaxpr)):
+          total += matmul_flops(getattr(sub, "jaxpr", sub))
+  return total
+
+
+def setup_model(a):
+  """(compiled step, state, batch, compile s, model and XLA FLOPs per step) of resizer or train."""
   config = load_config(f"{a.imagenet_config}:backbone={a.backbone},input={a.input},"
                        f"target={a.output}")
   config.batch_size = a.batch
   config.dtype = a.dtype
   mesh = train.make_mesh()
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  sharded = NamedSharding(mesh, P("data"))
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (a.batch, a.input, a.input, 3), dtype=np.uint8)
 
   model = models.from_config(config)
-  if a.workload == "train":
+  if a.workload == "train":  # The trainer's own state, shardings and jit step.
     schedule = train.make_schedule(config, steps_per_epoch=1000)
     tx = train.make_optimizer(config, schedule)
     init = train.make_init(model, tx, a.input)
-    state_sharding = jax.tree.map(lambda _: replicated, jax.eval_shape(init, jax.random.key(0)))
+    state_sharding = train.state_sharding(jax.eval_shape(init, jax.random.key(0)), mesh)
     state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(0))
     step = train.jit_train_step(config, model, schedule, state_sharding, sharded)
     batch = jax.device_put({"image": images, "label": rng.integers(0, 1000, a.batch),
@@ -116,21 +158,30 @@ def bench_model(a) -> dict:
       params = optax.apply_updates(variables["params"], param_updates)
       return ({**variables, **updates, "params": params}, opt_state), loss
     batch = x
+  exe, compile_s, xla_flops = compiled(step, state, batch)
+  flops = matmul_flops(jax.make_jaxpr(step)(state, batch).jaxpr)
+  return exe, state, batch, compile_s, flops, xla_flops
 
-  exe, compile_s, flops = compiled(step, state, batch)
-  step_s = time_steps(exe, state, batch, a.warmup, a.steps)
+
+def model_result(a, step_times, compile_s, flops, xla_flops) -> dict:
+  step_s = statistics.median(step_times)
   peak, peak_source = peak_flops(a.dtype)
   achieved = flops / step_s
   result = dict(impl="jax", workload=a.workload, input=a.input, output=a.output, batch=a.batch,
                 backbone=a.backbone if a.workload == "train" else None, dtype=a.dtype,
                 devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
                 step_s=round(step_s, 4), images_per_s=round(a.batch / step_s, 3),
-                compile_s=round(compile_s, 2), flops_per_image=flops / a.batch,
-                achieved_flops_per_s=achieved, peak_flops_per_s=peak, peak_source=peak_source,
-                mfu=round(achieved / peak, 4))
-  stats = jax.devices()[0].memory_stats() or {}
-  result["peak_memory_bytes"] = stats.get("peak_bytes_in_use",
-                                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+                timed_steps=len(step_times), compile_s=round(compile_s, 2),
+                flops_per_image=flops / a.batch, xla_flops_per_image=xla_flops / a.batch,
+                achieved_flops_per_s=achieved,
+                peak_flops_per_s=peak, peak_source=peak_source, mfu=round(achieved / peak, 4),
+                xla_flags=os.environ.get("XLA_FLAGS", ""))
+  stats = jax.devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    result.update(peak_memory_bytes=stats["peak_bytes_in_use"], peak_memory_source="device")
+  else:  # The CPU client keeps no allocator statistics.
+    result.update(peak_memory_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  peak_memory_source="process max RSS")
   return result
 
 
@@ -176,8 +227,10 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--backbone", default="resnet50")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--steps", type=int, default=5, help="timed steps per round")
   p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--rounds", type=int, default=1,
+                 help="with --torch: alternate this many timings of ours and of the reference")
   p.add_argument("--config", default="configs/demo.py", help="for --workload=input")
   p.add_argument("--data_dir", help="for --workload=input: overrides the config's data.data_dir")
   p.add_argument("--manual_dir", help="for --workload=input: overrides data.manual_dir")
@@ -185,11 +238,32 @@ def main(argv=None):
   p.add_argument("--torch", action="store_true", help="also run the PyTorch reference, same args")
   p.add_argument("--torch_reference", default=TORCH_REFERENCE)
   a = p.parse_args(argv)
-  result = bench_input(a) if a.workload == "input" else bench_model(a)
-  if a.torch and a.workload != "input":
-    ref = run_torch_reference(a)
-    result.update(torch_images_per_s=ref["images_per_s"], torch_threads=ref.get("threads"),
-                  ratio_vs_torch=round(result["images_per_s"] / ref["images_per_s"], 3))
+  if a.workload == "input":
+    result = bench_input(a)
+    print(json.dumps(result))
+    return result
+
+  load_before = os.getloadavg()
+  exe, state, batch, compile_s, flops, xla_flops = setup_model(a)
+  rounds, torch_runs = [], []
+  for _ in range(a.rounds if a.torch else 1):
+    state, times = time_steps(exe, state, batch, a.warmup, a.steps)
+    rounds.append(times)
+    if a.torch:
+      torch_runs.append(run_torch_reference(a))
+  result = model_result(a, sum(rounds, []), compile_s, flops, xla_flops)
+  if a.torch:
+    ours = [a.batch / statistics.median(times) for times in rounds]
+    theirs = [r["images_per_s"] for r in torch_runs]
+    torch_ips = statistics.median(theirs)
+    result.update(torch_images_per_s=round(torch_ips, 3),
+                  torch_threads=torch_runs[0].get("threads"),
+                  ratio_vs_torch=round(result["images_per_s"] / torch_ips, 3), rounds=len(rounds),
+                  images_per_s_by_round=[round(x, 3) for x in ours],
+                  torch_images_per_s_by_round=theirs,
+                  ratio_by_round=[round(x / y, 3) for x, y in zip(ours, theirs)])
+  result.update(loadavg_before=round(load_before[0], 2), loadavg_after=round(os.getloadavg()[0], 2),
+                cpus=os.cpu_count())
   print(json.dumps(result))
   return result
 

@@ -43,3 +43,13 @@ def parse_arg(arg: str | None, **defaults) -> dict:
       except ValueError:
         raise ValueError(f"config argument {key}={value!r} must be a {type(default).__name__}") from None
   return values
+
+
+# Global batch by resizer input size: the activations of the resizer's full-resolution layers grow
+# with input**2, so the batch shrinks to keep memory per step roughly constant.
+_BATCH_FOR_INPUT = {224: 256, 256: 256, 320: 128, 368: 128, 448: 64}
+
+
+def batch_for_input(size: int) -> int:
+  """The paper-scale configs' global batch for a resizer input of `size` pixels."""
+  return _BATCH_FOR_INPUT.get(size, 64)

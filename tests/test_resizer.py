@@ -1,10 +1,12 @@
 """The learned resizer of Fig. 3 and the fixed baselines."""
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from resizer_jax import models
+from resizer_jax.models import conv as conv_lib
 from resizer_jax.models import resizer as resizer_lib
 
 
@@ -140,3 +142,48 @@ def test_capacity_control_has_the_same_layers_applied_at_the_target():
   np.testing.assert_allclose(control.apply(v_learned, x), learned.apply(v_learned, small),
                              rtol=1e-5, atol=1e-5)
   assert np.abs(control.apply(v_learned, x) - learned.apply(v_learned, x)).max() > 1e-3
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("method,antialias", [("bilinear", False), ("bicubic", True)])
+def test_stem_bn_applied_after_the_resize_is_batchnorm_then_resize(train, method, antialias):
+  """The stem's BatchNorm affine runs at the target size: same outputs, statistics and gradients."""
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(8), (2, 48, 40, 16))
+  size = lambda h: resizer_lib.resize(h, (12, 10), method, antialias)
+  kwargs = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+  ours = resizer_lib.ResizedBatchNorm(**kwargs)
+  theirs = flax.linen.BatchNorm(**kwargs)
+  variables = theirs.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x, size)) == jax.tree.map(
+      jnp.shape, variables)
+  variables = {"params": {"scale": jnp.linspace(0.5, 2.0, 16), "bias": jnp.linspace(-1, 1, 16)},
+               "batch_stats": {"mean": jnp.full(16, 2.5), "var": jnp.full(16, 3.0)}}
+  probe = jax.random.normal(jax.random.key(9), (2, 12, 10, 16))
+
+  def loss(params, x, f):
+    out, updates = f({**variables, "params": params}, x)
+    return jnp.sum(out * probe), (out, updates)
+
+  run_ours = lambda v, x: ours.apply(v, x, size, mutable=["batch_stats"])
+  run_theirs = lambda v, x: (lambda y, u: (size(y), u))(*theirs.apply(v, x, mutable=["batch_stats"]))
+  (_, (out_a, upd_a)), g_a = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+      variables["params"], x, run_ours)
+  (_, (out_b, upd_b)), g_b = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+      variables["params"], x, run_theirs)
+  np.testing.assert_allclose(out_a, out_b, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), upd_a, upd_b)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_a, g_b)
+  assert (not train) == bool(np.allclose(upd_a["batch_stats"]["mean"], 2.5))
+
+
+@pytest.mark.parametrize("strides,padding", [((1, 1), "SAME"), ((2, 2), "SAME"), ((2, 1), "VALID"),
+                                             ((1, 1), ((1, 1), (0, 0)))])
+def test_pointwise_conv_is_lax_conv_with_its_gradients(strides, padding):
+  x = jax.random.normal(jax.random.key(10), (2, 9, 8, 6))
+  w = jax.random.normal(jax.random.key(11), (1, 1, 6, 5))
+  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+  f = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w, strides, padding, dimension_numbers=dn)))
+  ours, theirs = f(conv_lib.pointwise_conv), f(jax.lax.conv_general_dilated)
+  np.testing.assert_allclose(ours(x, w), theirs(x, w), rtol=1e-5)
+  for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(theirs, (0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resizer_jax.models.conv import pointwise_conv
+
 # Interpolations of the fixed resizers. "area" is the box filter over each output pixel's footprint
 # (tf.image.resize "area"); it always integrates, so `antialias` does not change it.
 METHODS = ("bilinear", "bicubic", "lanczos3", "lanczos5", "nearest", "area")
@@ -76,6 +78,18 @@ def _take(x, indices: np.ndarray, axis: int):
 
 def _resize_two_taps(x, axis: int, taps):
   i0, i1, w0, w1 = taps
+  n_out = len(i0)
+  k, rest = divmod(x.shape[axis], n_out)
+  block = k * np.arange(n_out)
+  if (not rest and np.all(i0 - block == i0[0]) and np.all(i1 - block == i1[0]) and
+      np.all(w0 == w0[0]) and np.all(w1 == w1[0])):
+    # An integer downscale (448 -> 224): every output pixel mixes the same two pixels of its block
+    # of k. Reading them off a reshape makes the gradient a broadcast, which fuses into the
+    # full-resolution consumer, where strided slices make it two interior pads materialised at
+    # (half) full resolution.
+    blocks = x.reshape(x.shape[:axis] + (n_out, k) + x.shape[axis + 1:])
+    tap = lambda i: jax.lax.index_in_dim(blocks, int(i), axis + 1, keepdims=False)
+    return tap(i0[0]) * x.dtype.type(w0[0]) + tap(i1[0]) * x.dtype.type(w1[0])
   shape = [1] * x.ndim
   shape[axis] = -1
   return (_take(x, i0, axis) * jnp.asarray(w0.reshape(shape), x.dtype) +
@@ -115,6 +129,41 @@ class FixedResizer(nn.Module):
     del train
     return resize(x, target_size(x.shape[1:3], self.output_size, self.scale), self.method,
                   self.antialias)
+
+
+class ResizedBatchNorm(nn.Module):
+  """`resize(nn.BatchNorm(...)(x))` with fewer passes over the full-resolution `x`.
+
+  The statistics are x's, as BatchNorm's, but the affine map is applied after `resize`: every resize
+  here is linear with weights summing to one, so the two orders agree up to float rounding, and the
+  normalised full-resolution tensor (and, going backward, its gradient and two reductions) never
+  exists. The variables are BatchNorm's own names, shapes and initial values, so checkpoints of
+  either load into the other.
+  """
+  use_running_average: bool
+  momentum: float
+  epsilon: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, resize_fn):
+    features = (x.shape[-1],)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      # BatchNorm's statistics: float32, E[x^2] - E[x]^2 clipped at zero (use_fast_variance).
+      xf = x.astype(jnp.float32)
+      mean = jnp.mean(xf, axis=(0, 1, 2))
+      var = jnp.maximum(0.0, jnp.mean(jnp.square(xf), axis=(0, 1, 2)) - jnp.square(mean))
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    y = (resize_fn(x) - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype)
 
 
 class ResBlock(nn.Module):
@@ -176,8 +225,10 @@ class LearnedResizer(nn.Module):
       x = skip
       size = lambda h: h
     h = nn.leaky_relu(conv(n, (7, 7), name="stem_conv7x7")(x), 0.2)
-    h = nn.leaky_relu(conv(n, (1, 1), name="stem_conv1x1")(h), 0.2)
-    b = size(norm(name="stem_bn")(h))
+    h = nn.leaky_relu(conv(n, (1, 1), conv_general_dilated=pointwise_conv, name="stem_conv1x1")(h),
+                      0.2)
+    b = ResizedBatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                         epsilon=self.bn_epsilon, dtype=self.dtype, name="stem_bn")(h, size)
     h = b
     for i in range(self.num_res_blocks):
       h = ResBlock(n, conv, norm, name=f"res_block{i}")(h)

@@ -10,6 +10,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resizer_jax.models.conv import pointwise_conv
+
 
 def _pad(k: int):
   return ((k // 2, k // 2), (k // 2, k // 2))
@@ -73,8 +75,11 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    # 1x1 convolutions as dots: on XLA:CPU both their gradients become plain contractions (train
+    # step 1.16x, docs/performance.md); a GPU or TPU runs them as matmuls either way.
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
+                             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                             conv_general_dilated=pointwise_conv)
     last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
