@@ -20,14 +20,15 @@ resizer_jax.models.BACKBONES works), resizer=learned|control|bicubic|bilinear|la
 input=448 (the resizer's input), target=224 (the backbone's), antialias=false, seed=0, finetune
 (stage 2: the head comes from init_from too, and a 10x smaller learning rate).
 
-Where it comes from. The paper (REFERENCE.md): NIMA head, EMD r = 2, bicubic baseline, the
+Where it comes from. The paper (docs/paper.md): NIMA head, EMD r = 2, bicubic baseline, the
 backbone initialised from a fixed-resizer baseline and fine-tuned jointly with the resizer. NIMA, as
 third parties quote it (not checked against its PDF here): ImageNet-initialised backbone, dropout
 0.75 before the 10-way dense layer, SGD with momentum 0.9. Our choices, because neither source gives
 them or the trainer cannot follow them: one learning rate for all layers (NIMA uses 3e-7 for the
 backbone and 3e-6 for the head, which needs per-layer rates), 1e-3 for stage 1 and 1e-4 for stage 2;
-the classification recipe's x0.94 every 2 epochs; 20 epochs; the batch per input size of
-configs/imagenet.py; train crops as NIMA's (rescale, then a random square crop of 224/256 of it)
+the classification recipe's x0.94 every 2 epochs; 20 epochs; the per-device batch of
+configs/imagenet.py with the learning rate at a global batch of 256 and one warm-up epoch; train
+crops as NIMA's (rescale, then a random square crop of 224/256 of it)
 but keeping the aspect ratio, so that train and eval images are rescaled alike. The metrics
 (resizer_jax/metrics.py) are PLCC and SRCC of the mean score -- raw, no logistic fit -- binary
 accuracy at 5, mean EMD, and the correlations of the score's standard deviation.
@@ -42,7 +43,6 @@ def get_config(arg=None):
                               antialias=False, seed=0, finetune=False)
   config = ml_collections.ConfigDict()
   config.seed = arg["seed"]
-  config.dtype = "float32"
   config.task = "iqa"
 
   config.data = dict(
@@ -76,9 +76,6 @@ def get_config(arg=None):
   config.init_from = ml_collections.config_dict.placeholder(str)
   config.init_head = arg["finetune"]
 
-  config.mesh = (("data", -1),)  # Add ("fsdp", k) to split the state k ways (README).
-  config.batch_size = config_args.batch_for_input(arg["input"])
-  config.eval_batch_size = config.batch_size
   config.num_epochs = 20.0
   config.num_train_steps = 0
   config.optimizer = dict(
@@ -89,12 +86,10 @@ def get_config(arg=None):
       label_smoothing=0.0,  # Classification only; IQA trains on the EMD.
       decay_rate=0.94,
       decay_epochs=2.0,
-      warmup_epochs=0.0,
+      warmup_epochs=1.0,
   )
-
-  config.log_every_steps = 100
-  config.eval_every_steps = 2000
-  config.checkpoint_every_steps = 2000
+  # The batch per device follows the hardware; learning_rate is the peak at a global batch of 256.
+  config_args.follow_the_hardware(config, arg["input"], eval_every_epochs=1.0)
   config.max_checkpoints_to_keep = 3
   config.num_pictures = 4  # Eval images shown as original | baseline | learned.
   return config

@@ -12,8 +12,12 @@ lanczos3|nearest|area, input=224|256|320|368|448 (the resizer's input, i.e. the 
 target=224 (the backbone's input), antialias=false, seed=0, finetune (the paper's 0.005 learning rate
 for a backbone initialised from a trained baseline).
 
-Where the paper is silent we say so: the batch per input size and the epoch counts are our choices
-(the batch shrinks as the input grows, as the paper says it does); the rest follows REFERENCE.md.
+The batch follows the hardware: `per_device_batch_size` (by input size, resizer_jax/config_args.py)
+times the device count, and the learning rate scales with it (0.05 at a global batch of 256).
+`--plan --devices=N [--processes=P]` prints what a run on N devices does. bfloat16 on accelerators.
+Where the paper is silent we say so: the per-device batches, the reference batch of 256, the
+warm-up and the epoch counts are our choices (the batch shrinks as the input grows, as the paper
+says it does); the rest follows docs/paper.md.
 """
 import ml_collections
 
@@ -25,7 +29,6 @@ def get_config(arg=None):
                               antialias=False, seed=0, finetune=False)
   config = ml_collections.ConfigDict()
   config.seed = arg["seed"]
-  config.dtype = "float32"
 
   config.data = dict(
       name="imagenet2012",
@@ -58,26 +61,21 @@ def get_config(arg=None):
   # fresh. The paper fine-tunes from a baseline trained with a fixed resizer.
   config.init_from = ml_collections.config_dict.placeholder(str)
 
-  # (axis, size) pairs, -1 = the rest; add ("fsdp", k) to split the state k ways (README).
-  config.mesh = (("data", -1),)
-  config.batch_size = config_args.batch_for_input(arg["input"])
-  config.eval_batch_size = config.batch_size
   config.num_epochs = 10.0 if arg["finetune"] else 90.0
   config.num_train_steps = 0
   config.optimizer = dict(
       name="sgd",
+      # The peak at a global batch of 256 (reference_batch), scaled linearly with the batch.
       learning_rate=0.005 if arg["finetune"] else 0.05,
       momentum=0.9,
       weight_decay=4e-5,
       label_smoothing=0.1,
       decay_rate=0.94,
       decay_epochs=2.0,
-      warmup_epochs=0.0 if arg["finetune"] else 1.0,
+      # Large batches need the linear warm-up (Goyal et al., 2017: 5 epochs).
+      warmup_epochs=1.0 if arg["finetune"] else 5.0,
   )
-
-  config.log_every_steps = 100
-  config.eval_every_steps = 5000
-  config.checkpoint_every_steps = 2000
+  config_args.follow_the_hardware(config, arg["input"], eval_every_epochs=5.0)
   config.max_checkpoints_to_keep = 3
   config.num_pictures = 4  # Eval images shown as original | baseline | learned.
   return config

@@ -1,16 +1,32 @@
 """The checkpoint layout: Orbax under `workdir/checkpoints/<step>/{state,meta}`.
 
 `state` is the TrainState (step, params, batch_stats, opt_state, skipped); `meta` is JSON: the model signature
-(what must match to resume) and the whole config (so a checkpoint is usable without its config file).
+(what must match to resume), the whole config (so a checkpoint is usable without its config file)
+and, when the trainer gives it, the identity of the train data stream
+(`input_pipeline.stream_identity`).
+
+A checkpoint that cannot be read (truncated or missing files, garbage metadata) is moved aside to
+`workdir/checkpoints_unreadable/<step>` by `restore_latest`, which resumes from the newest readable
+one.
 """
 import json
 import os
 
 from absl import logging
+from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+# Named explicitly (it is Orbax's default) so that this module can find a step's directory.
+STEP_FORMAT = ocp.step.standard_name_format()
+UNREADABLE = "checkpoints_unreadable"  # Next to checkpoints/ in the workdir.
+
+
+class NoReadableCheckpointError(ValueError):
+  """Every checkpoint of a workdir was unreadable; they were moved aside, none deleted."""
 
 
 def manager(workdir: str, max_to_keep: int | None = None, create: bool = False):
@@ -19,7 +35,8 @@ def manager(workdir: str, max_to_keep: int | None = None, create: bool = False):
   return ocp.CheckpointManager(
       os.path.join(root, "checkpoints"),
       item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create))
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
+                                           step_name_format=STEP_FORMAT))
 
 
 def model_signature(config) -> dict:
@@ -44,23 +61,134 @@ def check_same_model(saved: dict, wanted: dict, ckpt_dir: str):
                      "use a new --workdir, or the config it was trained with")
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, config):
+def save(mngr: ocp.CheckpointManager, step: int, state, config, stream: dict | None = None):
   """Asynchronous: returns once the arrays are copied off the devices."""
   meta = {"model": model_signature(config), "config": json.loads(config.to_json_best_effort())}
+  if stream is not None:
+    meta["stream"] = stream
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)))
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config):
-  """The newest checkpointed state placed with `abstract_state`'s shardings, or None."""
+def _step_dir(mngr: ocp.CheckpointManager, step: int) -> epath.Path:
+  return epath.Path(mngr.directory) / STEP_FORMAT.build_name(step)
+
+
+def _read_meta(step_dir: epath.Path) -> dict:
+  meta = ocp.JsonCheckpointHandler().restore(step_dir / "meta")
+  if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+    raise ValueError("its meta holds no model signature")
+  return meta
+
+
+def saved_stream(mngr: ocp.CheckpointManager) -> dict | None:
+  """The data stream identity recorded in the latest checkpoint (None if it recorded none)."""
   step = mngr.latest_step()
-  if step is None:
-    return None
-  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  check_same_model(meta["model"], model_signature(config), str(mngr.directory))
-  logging.info("Resuming from %s at step %d.", mngr.directory, step)
-  return mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))["state"]
+  return None if step is None else _read_meta(_step_dir(mngr, step)).get("stream")
+
+
+def _reason(error: Exception) -> str:
+  """One line: TensorStore's and Orbax's messages can run to pages."""
+  text = (str(error).strip().splitlines() or [""])[0]
+  text = text if len(text) <= 200 else text[:200] + "..."
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _agreed(what: str, read):
+  """(read(), None), or (None, why reading `what` failed) if it failed here or on another process.
+
+  Every process must skip the same checkpoints, and a process whose own read failed must not wait
+  in a barrier the others never reach: hence the handlers below are called without Orbax's
+  Checkpointer, whose restore ends in one, and one all-gather settles each read.
+  """
+  try:
+    value, reason = read(), None
+  # What a damaged file raises varies: JSONDecodeError, KeyError, FileNotFoundError, TensorStore's.
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    value, reason = None, f"{what}: {_reason(e)}"
+  if jax.process_count() > 1:
+    failed = np.asarray(multihost_utils.process_allgather(np.int32(reason is not None)))
+    if reason is None and failed.any():
+      value, reason = None, (f"{what}: unreadable on process "
+                             f"{', '.join(map(str, np.flatnonzero(failed)))}")
+  return value, reason
+
+
+def _check_same_layout(saved_tree, abstract_state, step_dir):
+  """A readable state of another structure (e.g. another optimiser) is refused, not moved aside."""
+  shapes = lambda tree: {"/".join(k): getattr(v, "shape", None)
+                         for k, v in ocp.tree.to_flat_dict(tree).items()}
+  saved, wanted = shapes(saved_tree), shapes(abstract_state)
+  diff = [f"{k}: {saved[k] if k in saved else 'missing'} in checkpoint vs "
+          f"{wanted[k] if k in wanted else 'missing'} in this run"
+          for k in sorted(set(saved) | set(wanted))
+          if k not in saved or k not in wanted or tuple(saved[k] or ()) != tuple(wanted[k] or ())]
+  if diff:
+    more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""
+    raise ValueError(f"{step_dir} holds a train state of another layout ({'; '.join(diff[:3])}"
+                     f"{more}); use a new --workdir, or the code and config that wrote it")
+
+
+def _move_aside(mngr: ocp.CheckpointManager, unreadable: list) -> list[str]:
+  """Moves each (step, reason) to workdir/checkpoints_unreadable/; "step S (why) to DIR" for each.
+
+  Process 0 moves; every process waits for it, then makes its manager forget the moved steps.
+  """
+  root = epath.Path(mngr.directory).parent / UNREADABLE
+  taken, moves = set(), []
+  for step, reason in unreadable:
+    name, k = STEP_FORMAT.build_name(step), 0
+    while (root / name).exists() or name in taken:  # An earlier run moved this step aside too.
+      k += 1
+      name = f"{STEP_FORMAT.build_name(step)}.{k}"
+    taken.add(name)
+    moves.append((step, reason, _step_dir(mngr, step), root / name))
+  sync = (multihost_utils.sync_global_devices if jax.process_count() > 1 else lambda _: None)
+  sync("resizer_jax: unreadable checkpoints named")  # No process looks while process 0 moves.
+  for step, reason, src, dest in moves:
+    if jax.process_index() == 0:
+      root.mkdir(parents=True, exist_ok=True)
+      src.rename(dest)
+    logging.warning("Checkpoint step %d in %s is unreadable (%s); moved it to %s.", step,
+                    mngr.directory, reason, dest)
+  sync("resizer_jax: unreadable checkpoints moved")
+  mngr.reload()
+  return [f"step {step} ({reason}) to {dest}" for step, reason, _, dest in moves]
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config):
+  """The newest readable checkpointed state placed with `abstract_state`'s shardings, or None.
+
+  Newer checkpoints that cannot be read are moved aside (never deleted) and forgotten, so the run
+  goes on from the newest readable one and saves those steps afresh. A checkpoint of another model
+  or state layout is refused with a ValueError, and nothing is moved.
+  """
+  handler = ocp.StandardCheckpointHandler()
+  unreadable, state = [], None
+  try:
+    for step in sorted(mngr.all_steps(), reverse=True):
+      step_dir = _step_dir(mngr, step)
+      meta, reason = _agreed("meta", lambda: _read_meta(step_dir))
+      if reason is None:
+        check_same_model(meta["model"], model_signature(config), str(mngr.directory))
+        tree, reason = _agreed("state metadata", lambda: handler.metadata(step_dir / "state").tree)
+      if reason is None:
+        _check_same_layout(tree, abstract_state, step_dir)
+        state, reason = _agreed("state", lambda: handler.restore(
+            step_dir / "state", args=ocp.args.StandardRestore(abstract_state)))
+      if reason is None:
+        break
+      unreadable.append((step, reason))
+  finally:
+    handler.close()
+  moved = _move_aside(mngr, unreadable) if unreadable else []
+  if state is None and moved:
+    raise NoReadableCheckpointError(
+        f"no readable checkpoint in {mngr.directory}: moved {'; '.join(moved)}; nothing was "
+        "deleted. Rerun to start from step 0, or repair one and move it back")
+  if state is not None:
+    logging.info("Resuming from %s at step %d.", mngr.directory, step)
+  return state
 
 
 def load(workdir: str, step: int | None = None):
@@ -114,3 +242,15 @@ def warm_start(state, init_from: str, subtrees=("backbone",), keep_fresh=()):
   logging.info("Warm start: %s from %s (step %d).", ", ".join(subtrees), init_from, step)
   # The optimiser state stays the fresh one: zero momentum for the loaded leaves too.
   return state.replace(**updates)
+
+
+def check_same_stream(saved: dict, wanted: dict, ckpt_dir: str):
+  """A resume must read the stream the checkpoint's run read: else its batches silently change."""
+  diff = [f"{k}: {saved.get(k)!r} in checkpoint vs {wanted.get(k)!r} now"
+          for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+  if diff:
+    hint = (f"; set --config.data.num_shards={saved['num_shards']} and a process count that "
+            "divides it" if "num_shards" in saved and saved.get("num_shards") != wanted.get(
+                "num_shards") else "")
+    raise ValueError(f"resuming {ckpt_dir} would change the data stream ({'; '.join(diff)}){hint}, "
+                     "or use a new --workdir")

@@ -45,11 +45,36 @@ def parse_arg(arg: str | None, **defaults) -> dict:
   return values
 
 
-# Global batch by resizer input size: the activations of the resizer's full-resolution layers grow
-# with input**2, so the batch shrinks to keep memory per step roughly constant.
-_BATCH_FOR_INPUT = {224: 256, 256: 256, 320: 128, 368: 128, 448: 64}
+# Per-device batch by resizer input size for ResNet-50 in bfloat16, sized to about 80% of a 16 GB
+# chip (TPU v5e; v4 has 32 GB). From the bench's peak memory on an H200 (docs/performance.md,
+# resizer + ResNet-50 448 -> 224: 0.91 GB at batch 8, 21.0 GB at 256; the resizer alone 11.2 GB at
+# 256): about 37 MB per image for the backbone at 224 plus 44 MB x (input / 448)^2 for the resizer's
+# full-resolution layers. XLA:TPU lays out arrays differently from XLA:GPU, so on a TPU these are
+# estimates until measured there: --config.per_device_batch_size overrides.
+_PER_DEVICE_BATCH = {224: 256, 256: 224, 320: 192, 368: 160, 448: 128}
 
 
-def batch_for_input(size: int) -> int:
-  """The paper-scale configs' global batch for a resizer input of `size` pixels."""
-  return _BATCH_FOR_INPUT.get(size, 64)
+def per_device_batch_for_input(size: int) -> int:
+  """The paper-scale configs' per-device batch for a resizer input of `size` pixels."""
+  if size not in _PER_DEVICE_BATCH:
+    return _PER_DEVICE_BATCH[448] * 448**2 // size**2 // 8 * 8 or 8
+  return _PER_DEVICE_BATCH[size]
+
+
+def follow_the_hardware(config, input_size: int, *, eval_every_epochs: float,
+                        checkpoint_every_epochs: float = 1.0):
+  """What the paper-scale configs share: batch per device, learning rate per reference batch,
+  bfloat16 on accelerators, cadences in epochs (the step counts follow the batch)."""
+  config.dtype = "auto"  # bfloat16 on GPU/TPU (params, optimiser state, loss stay float32).
+  config.mesh = (("data", -1),)  # Add ("fsdp", k) to split the state k ways (README).
+  config.per_device_batch_size = per_device_batch_for_input(input_size)
+  config.per_device_eval_batch_size = config.per_device_batch_size
+  config.batch_size = 0  # Unused: per_device_batch_size x devices is the global batch.
+  config.eval_batch_size = 0
+  config.optimizer.reference_batch = 256  # learning_rate is the peak at this global batch.
+  config.log_every_steps = 100
+  config.eval_every_epochs = eval_every_epochs
+  config.checkpoint_every_epochs = checkpoint_every_epochs
+  config.eval_every_steps = 0  # Unused: the *_every_epochs above.
+  config.checkpoint_every_steps = 0
+  return config

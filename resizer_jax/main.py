@@ -1,28 +1,35 @@
 """Command line: python -m resizer_jax.main --config=configs/demo.py[:arg] --workdir=DIR [--config.k=v].
 
+  --plan --devices=N [--processes=P]   print what the config does on that hardware, run nothing
+  --verbosity=1                        library logs (Orbax, TFDS, absl) and tracebacks come back
+
 Several processes (TPU pod workers, SLURM tasks, launch/local.py): each runs this same command with
---distributed=on (Cloud TPU and SLURM supply the rest) or with --coordinator_address,
---num_processes and --process_id.
+--distributed=on (Cloud TPU and SLURM supply the rest), or with --coordinator_address,
+--num_processes and --process_id (or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID environment variables, for clusters jax cannot detect by itself).
 """
 import json
+import logging as std_logging
 import os
+import sys
 
-from absl import app
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
-import tensorflow as tf
-
-from resizer_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and config.json go; rerunning the "
-                    "same command on it resumes from its latest checkpoint.", required=True)
+                    "same command on it resumes from its latest checkpoint.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.mark_flags_as_required(["config"])
+flags.DEFINE_bool("plan", False, "Print the run plan for --devices/--processes and exit.")
+flags.DEFINE_integer("devices", None, "With --plan: the number of devices (default: this machine's).")
+flags.DEFINE_integer("processes", 1, "With --plan: the number of processes (hosts).")
+flags.DEFINE_string("platform", "tpu", "With --plan: cpu, gpu or tpu (decides dtype=auto).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                  "Call jax.distributed.initialize() first. auto: when --coordinator_address is "
+                  "Call jax.distributed.initialize() first. auto: when a coordinator address is "
                   "given or SLURM started several tasks; on: always (Cloud TPU pods detect "
                   "their coordinator themselves).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (not needed on Cloud TPU "
@@ -30,31 +37,88 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (not ne
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 
-
-def _quiet_orbax(record) -> bool:
-  # Orbax logs a dozen INFO lines per save; keep the console to progress and metrics.
-  return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+# What a user can fix from the message alone: shown as one line, no traceback (unless --verbosity>=1).
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def _start_distributed():
   """jax.distributed.initialize() before any other JAX call, as it requires."""
+  env = os.environ.get
+  address = FLAGS.coordinator_address or env("JAX_COORDINATOR_ADDRESS")
   wanted = FLAGS.distributed == "on" or (FLAGS.distributed == "auto" and (
-      FLAGS.coordinator_address or int(os.environ.get("SLURM_NTASKS", "1")) > 1))
-  if wanted:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    logging.info("Process %d of %d; %d local of %d devices.", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
+      address or int(env("SLURM_NTASKS", "1")) > 1))
+  if not wanted:
+    return
+  num_processes, process_id = FLAGS.num_processes, FLAGS.process_id
+  if address and num_processes is None and env("JAX_NUM_PROCESSES"):
+    num_processes, process_id = int(env("JAX_NUM_PROCESSES")), int(env("JAX_PROCESS_ID", "0"))
+  jax.distributed.initialize(address, num_processes, process_id)
+  logging.info("Process %d of %d; %d local of %d devices.", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _quiet_libraries(record) -> bool:
+  # Their warnings are about their own internals (e.g. TFDS on an empty dataset folder); errors stay.
+  return record.levelno >= std_logging.ERROR or not any(
+      f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "tensorflow"))
+
+
+def _import_tensorflow_quietly():
+  """TensorFlow's C++ start-up lines (oneDNN, CPU features) go straight to fd 2 at import, before
+  any logging setting can apply; TF_CPP_MIN_LOG_LEVEL no longer silences them."""
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  finally:
+    os.dup2(saved, 2)
+    os.close(devnull)
+    os.close(saved)
+
+
+def print_plan(config):
+  from resizer_jax import plan  # pylint: disable=g-import-not-at-top
+  from resizer_jax import train  # pylint: disable=g-import-not-at-top
+  num_train, num_eval, size, source = plan.split_sizes(config.data)
+  devices = FLAGS.devices or jax.device_count()
+  p = plan.make(config, num_devices=devices, num_processes=FLAGS.processes, num_train=num_train,
+                num_eval=num_eval, platform=FLAGS.platform, bytes_per_example=size)
+  print(train.describe(config))
+  print(f"plan for {devices} {FLAGS.platform} devices, {FLAGS.processes} processes "
+        f"(split sizes: {source}):")
+  for line in p.lines():
+    print("  " + line)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  _start_distributed()
-  logging.get_absl_handler().addFilter(_quiet_orbax)
-  # TensorFlow is only the input pipeline: keep it off the accelerators JAX uses.
-  tf.config.set_visible_devices([], "GPU")
-  logging.info("Config:\n%s", FLAGS.config)
-  metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  verbose = FLAGS.verbosity >= 1
+  if not verbose:  # Orbax, TFDS and absl INFO chatter; the trainer prints its own lines.
+    logging.set_verbosity(logging.WARNING)
+    logging.get_absl_handler().addFilter(_quiet_libraries)
+    _import_tensorflow_quietly()
+  try:
+    if FLAGS.plan:
+      print_plan(FLAGS.config)
+      return
+    if not FLAGS.workdir:
+      raise app.UsageError("give --workdir=DIR (or --plan to print the run plan)")
+    _start_distributed()
+    from resizer_jax import train  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    # TensorFlow is only the input pipeline: keep it off the accelerators JAX uses.
+    tf.config.set_visible_devices([], "GPU")
+    if not verbose:
+      tfds.disable_progress_bar()
+    logging.info("Config:\n%s", FLAGS.config)
+    metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except USER_ERRORS as e:
+    if verbose:
+      raise
+    print(f"error: {e}  (--verbosity=1 shows the traceback)", file=sys.stderr, flush=True)
+    sys.exit(2)
   if jax.process_index() == 0:
     print(json.dumps({"workdir": FLAGS.workdir, **metrics}))
 

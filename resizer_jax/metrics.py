@@ -1,12 +1,14 @@
 """The metrics the trainer logs, as clu collections, per task.
 
-  TrainMetrics     classification: loss, accuracy, learning rate
-  EvalMetrics      classification: loss, accuracy, top5_accuracy, skipped
-  IQATrainMetrics  image quality assessment (IQA): loss (mean EMD, r = 2), binary accuracy, learning rate
+  TrainMetrics     classification: loss, accuracy, learning rate, gradient norm (global L2)
+  EvalMetrics      classification: loss, accuracy, top5_accuracy, skipped, examples
+  IQATrainMetrics  image quality assessment (IQA): loss (mean EMD, r = 2), binary accuracy, learning rate,
+                   gradient norm
   IQAEvalMetrics   emd (mean EMD), accuracy (binary, threshold 5), plcc and srcc of the mean score,
-                   std_lcc and std_srcc of the score's standard deviation, skipped
+                   std_lcc and std_srcc of the score's standard deviation, skipped, examples
 
-`skipped` counts the eval examples that could not be decoded (masked out of everything else).
+`skipped` counts the eval examples that could not be decoded (masked out of everything else);
+`examples` counts those evaluated (not padding, not skipped).
 
 Predicted and true statistics come from the 10-bin histograms: the mean score sum_i i * p_i and its
 standard deviation. Binary accuracy counts an example right when the predicted and the true mean are
@@ -64,16 +66,22 @@ class TrainMetrics(clu_metrics.Collection):
   loss: clu_metrics.Average.from_output("loss")
   accuracy: clu_metrics.Accuracy
   learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
 
 
 @flax.struct.dataclass
 class Total(clu_metrics.Metric):
-  """The sum of `skipped` over all batches (clu has averages, not sums)."""
+  """A sum over all batches (clu has averages, not sums); `Total.from_output(name)` sums `name`."""
   total: jax.Array
 
   @classmethod
-  def from_model_output(cls, skipped, **_):
-    return cls(total=jnp.sum(skipped))
+  def from_output(cls, name: str):
+    @flax.struct.dataclass
+    class FromOutput(cls):
+      @classmethod
+      def from_model_output(cls, **outputs):
+        return cls(total=jnp.sum(outputs[name].astype(jnp.int32)))
+    return FromOutput
 
   @classmethod
   def empty(cls):
@@ -91,7 +99,8 @@ class EvalMetrics(clu_metrics.Collection):
   loss: clu_metrics.Average.from_output("loss")
   accuracy: clu_metrics.Accuracy
   top5_accuracy: clu_metrics.Average.from_output("top5")
-  skipped: Total
+  skipped: Total.from_output("skipped")
+  examples: Total.from_output("mask")  # Each example of the split once, whatever the hosts.
 
 
 @flax.struct.dataclass
@@ -175,13 +184,14 @@ class IQATrainMetrics(clu_metrics.Collection):
   loss: clu_metrics.Average.from_output("loss")
   accuracy: clu_metrics.Average.from_output("binary_correct")
   learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
 
   @classmethod
-  def single_from_model_output(cls, *, loss, logits, distribution, learning_rate):
+  def single_from_model_output(cls, *, loss, logits, distribution, learning_rate, grad_norm):
     """`loss`: this step's mean EMD; `logits` and `distribution`: (batch, 10)."""
     correct = iqa_outputs(logits, distribution)["binary_correct"]
     return super().single_from_model_output(loss=loss, binary_correct=correct,
-                                            learning_rate=learning_rate)
+                                            learning_rate=learning_rate, grad_norm=grad_norm)
 
 
 @flax.struct.dataclass
@@ -192,7 +202,8 @@ class IQAEvalMetrics(clu_metrics.Collection):
   srcc: Pairs.correlation("spearman", "predicted_mean", "true_mean")
   std_lcc: Pairs.correlation("pearson", "predicted_std", "true_std")
   std_srcc: Pairs.correlation("spearman", "predicted_std", "true_std")
-  skipped: Total
+  skipped: Total.from_output("skipped")
+  examples: Total.from_output("mask")
 
   @classmethod
   def single_from_model_output(cls, *, logits, distribution, mask=None, skipped=None):
@@ -200,5 +211,7 @@ class IQAEvalMetrics(clu_metrics.Collection):
     `skipped`: (batch,), 1 for examples that could not be decoded."""
     if skipped is None:
       skipped = jnp.zeros(jnp.shape(logits)[:1], jnp.int32)
+    if mask is None:
+      mask = jnp.ones(jnp.shape(logits)[:1], bool)
     return super().single_from_model_output(**iqa_outputs(logits, distribution), skipped=skipped,
                                             mask=mask)

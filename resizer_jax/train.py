@@ -9,7 +9,6 @@ process feeds its share of the batch and takes part in checkpoint saves; process
 import contextlib
 import functools
 import json
-import math
 import os
 import signal
 import threading
@@ -32,25 +31,35 @@ from resizer_jax import losses
 from resizer_jax import metrics as metrics_lib
 from resizer_jax import models
 from resizer_jax import pictures
+from resizer_jax import plan as plan_lib
 from resizer_jax.data import input_pipeline
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
   skipped: jax.Array  # Undecodable training examples so far (checkpointed, so exact over restarts).
+  # Steps whose loss, gradients or updated state were not finite: their update was dropped.
+  nonfinite: jax.Array  # How many in all.
+  nonfinite_run: jax.Array  # How many in a row, up to this step.
+  first_nonfinite: jax.Array  # The first such step, or -1.
+
+
+class NonFiniteError(FloatingPointError):
+  """The run stopped on a non-finite loss or gradient (nothing non-finite was saved)."""
 
 
 # ----------------------------------------------------------------------------------------------
 # Optimiser: the paper's staircase decay; weight decay on kernels only.
 # ----------------------------------------------------------------------------------------------
-def make_schedule(config, steps_per_epoch: int):
-  o = config.optimizer
-  decay = optax.exponential_decay(o.learning_rate, max(1, round(o.decay_epochs * steps_per_epoch)),
-                                  o.decay_rate, staircase=True)
-  warmup = round(o.warmup_epochs * steps_per_epoch)
+def make_schedule(config, steps_per_epoch: int, peak_learning_rate: float | None = None):
+  """Linear warm-up to the peak (the plan's; default optimizer.learning_rate), then x decay_rate
+  every decay_epochs."""
+  peak = config.optimizer.learning_rate if peak_learning_rate is None else peak_learning_rate
+  warmup, decay_steps = plan_lib.schedule_steps(config.optimizer, steps_per_epoch)
+  decay = optax.exponential_decay(peak, decay_steps, config.optimizer.decay_rate, staircase=True)
   if not warmup:
     return decay
-  return optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, warmup), decay], [warmup])
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -93,32 +102,41 @@ def train_step(state: TrainState, batch, *, model, schedule,
     return loss.mean(), (logits, updates["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
   if task == "iqa":
     metrics = metrics_lib.IQATrainMetrics.single_from_model_output(
         loss=loss, logits=logits, distribution=batch["distribution"],
-        learning_rate=schedule(state.step))
+        learning_rate=schedule(state.step), grad_norm=grad_norm)
   else:
     metrics = metrics_lib.TrainMetrics.single_from_model_output(
-        loss=loss, logits=logits, labels=batch["label"], learning_rate=schedule(state.step))
+        loss=loss, logits=logits, labels=batch["label"], learning_rate=schedule(state.step),
+        grad_norm=grad_norm)
   # A global sum under jit: the count over every host's share of the batch.
   skipped = state.skipped + jnp.sum(batch["skipped"])
-  return state.apply_gradients(grads=grads, batch_stats=batch_stats, skipped=skipped), metrics
+  new = state.apply_gradients(grads=grads, batch_stats=batch_stats, skipped=skipped)
+  # A finite loss can still take the state to inf (a huge update): check what would be kept too.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(
+      optax.global_norm((new.params, new.batch_stats)))
+  # The update of a non-finite step is dropped, so that no non-finite value is ever in the state
+  # (nor saved); the step still counts, so the data stream and schedule stay where they were.
+  kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
+                      (new.params, new.opt_state, new.batch_stats),
+                      (state.params, state.opt_state, state.batch_stats))
+  new = new.replace(
+      params=kept[0], opt_state=kept[1], batch_stats=kept[2],
+      nonfinite=state.nonfinite + (~finite),
+      nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1),
+      first_nonfinite=jnp.where((state.first_nonfinite < 0) & ~finite, state.step + 1,
+                                state.first_nonfinite))
+  return new, metrics
 
 
 def make_mesh(axes=(("data", -1),)):
   """A mesh over all devices from `config.mesh`: (name, size) pairs, one size may be -1 (the rest)."""
-  names, sizes = [a[0] for a in axes], [int(a[1]) for a in axes]
-  known = math.prod(s for s in sizes if s != -1)
-  if sizes.count(-1) > 1 or known <= 0 or jax.device_count() % known:
-    raise ValueError(f"config.mesh={tuple(map(tuple, axes))} does not fit {jax.device_count()} "
-                     "devices; give (name, size) pairs whose sizes multiply to the device count, "
-                     "one of them may be -1")
-  sizes = [jax.device_count() // known if s == -1 else s for s in sizes]
-  if math.prod(sizes) != jax.device_count():
-    raise ValueError(f"config.mesh={tuple(map(tuple, axes))} has {math.prod(sizes)} devices but "
-                     f"there are {jax.device_count()}")
+  shape = plan_lib.mesh_shape(axes, jax.device_count())
+  names, sizes = tuple(shape), tuple(shape.values())
   # Auto axes: shardings are given at the jit boundary; the model code stays sharding-agnostic.
-  return jax.make_mesh(tuple(sizes), tuple(names),
+  return jax.make_mesh(sizes, names,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(names))
 
 
@@ -147,7 +165,9 @@ def make_init(model, tx, input_size: int):
     variables = model.init(rng, jnp.zeros((1, input_size, input_size, 3), jnp.uint8), train=False)
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                              batch_stats=variables.get("batch_stats", {}),
-                             skipped=jnp.zeros((), jnp.int32))
+                             skipped=jnp.zeros((), jnp.int32), nonfinite=jnp.zeros((), jnp.int32),
+                             nonfinite_run=jnp.zeros((), jnp.int32),
+                             first_nonfinite=jnp.full((), -1, jnp.int32))
   return init
 
 
@@ -185,29 +205,8 @@ def _write_atomically(path: epath.Path, text: str):
   tmp.replace(path)
 
 
-class JsonlWriter(metric_writers.interface.MetricWriter):
-  """`{"step": ..., name: value, ...}` lines; other summaries are TB-only.
-
-  Appended to locally; on object stores such as gs://, which cannot append, rewritten atomically.
-  """
-
-  def __init__(self, path: str, resume_step: int):
-    self._path = epath.Path(path)
-    self._lines = []
-    if self._path.exists():  # Drop what a crashed run logged after its last checkpoint.
-      self._lines = [line for line in self._path.read_text().splitlines()
-                     if line.strip() and json.loads(line)["step"] <= resume_step]
-      _write_atomically(self._path, "".join(l + "\n" for l in self._lines))
-
-  def write_scalars(self, step, scalars):
-    line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
-    self._lines.append(line)
-    if "://" in str(self._path):
-      _write_atomically(self._path, "".join(l + "\n" for l in self._lines))
-    else:
-      with self._path.open("a") as f:
-        f.write(line + "\n")
-
+class _ScalarsOnly(metric_writers.interface.MetricWriter):
+  """A writer of scalars only: the other summaries go to TensorBoard."""
   def write_summaries(self, step, values, metadata=None): pass
   def write_images(self, step, images): pass
   def write_videos(self, step, videos): pass
@@ -219,8 +218,80 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
   def close(self): pass
 
 
-def evaluate(eval_fn, state, builder, config, to_global) -> dict:
-  ds, _ = input_pipeline.eval_dataset(builder, config.data, global_batch=config.eval_batch_size)
+class JsonlWriter(_ScalarsOnly):
+  """`{"step": ..., name: value, ...}` lines.
+
+  Appended to at every log step locally. Object stores such as gs:// cannot append, and rewriting
+  the whole file at every log step costs a synchronous upload of all of it: there the lines are
+  kept and the file is rewritten at `flush`, which the trainer calls with every checkpoint save
+  (including the preemption save) and at the end. What a crash loses is what the resume drops anyway.
+  """
+
+  def __init__(self, path: str, resume_step: int, append: bool | None = None):
+    self._path = epath.Path(path)
+    self._lines = []
+    self._append = "://" not in str(path) if append is None else append
+    if self._path.exists():  # Drop what a crashed run logged after its last checkpoint.
+      self._lines = [line for line in self._path.read_text().splitlines()
+                     if line.strip() and json.loads(line)["step"] <= resume_step]
+      _write_atomically(self._path, "".join(l + "\n" for l in self._lines))
+    self._unwritten = False
+
+  def write_scalars(self, step, scalars):
+    line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
+    self._lines.append(line)
+    if self._append:
+      with self._path.open("a") as f:
+        f.write(line + "\n")
+    else:
+      self._unwritten = True
+
+  def flush(self):
+    if self._unwritten:
+      _write_atomically(self._path, "".join(l + "\n" for l in self._lines))
+      self._unwritten = False
+
+  def close(self):
+    self.flush()
+
+
+def _duration(seconds: float) -> str:
+  seconds = round(seconds)
+  if seconds < 120:
+    return f"{seconds} s"
+  if seconds < 7200:
+    return f"{seconds // 60} min {seconds % 60:02d} s"
+  return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class ConsoleWriter(_ScalarsOnly):
+  """One line per logged step (loss, accuracy, speed, ETA) and one per eval, on stdout."""
+
+  TRAIN_KEYS = ("loss", "accuracy", "grad_norm")
+
+  def __init__(self, total_steps: int):
+    self._total = total_steps
+
+  def write_scalars(self, step, scalars):
+    parts = [f"step {step:>{len(str(self._total))}}/{self._total}"]
+    parts += [f"{k} {float(scalars['train/' + k]):.4g}" for k in self.TRAIN_KEYS
+              if "train/" + k in scalars]
+    if scalars.get("train/nonfinite_skipped"):
+      parts.append(f"skipped-nonfinite {int(scalars['train/nonfinite_skipped'])}")
+    rate = scalars.get("train/steps_per_s")
+    if rate:
+      parts.append(f"{rate:.3g} steps/s")
+      if step < self._total:
+        parts.append(f"ETA {_duration((self._total - step) / rate)}")
+    print("  ".join(parts), flush=True)
+    evals = {k[len("eval/"):]: v for k, v in scalars.items() if k.startswith("eval/")}
+    if evals:
+      print(f"eval at step {step}: " + "  ".join(f"{k} {float(v):.4g}" for k, v in evals.items()),
+            flush=True)
+
+
+def evaluate(eval_fn, state, builder, config, to_global, global_batch: int) -> dict:
+  ds, _ = input_pipeline.eval_dataset(builder, config.data, global_batch=global_batch)
   total = None
   for batch in ds.as_numpy_iterator():
     m = eval_fn(state, to_global(batch))
@@ -228,6 +299,28 @@ def evaluate(eval_fn, state, builder, config, to_global) -> dict:
   if total is None:
     raise ValueError(f"eval split {config.data.eval_split!r} of {config.data.name} is empty")
   return {f"eval/{k}": float(v) for k, v in total.compute().items()}
+
+
+NONFINITE = ("stop", "skip")
+
+
+def check_finite(state, config, mngr):
+  """Raises NonFiniteError when the non-finite steps so far call for a stop (config.nonfinite)."""
+  policy = config.get("nonfinite", "stop")
+  count, run, first = int(state.nonfinite), int(state.nonfinite_run), int(state.first_nonfinite)
+  limit = config.get("max_nonfinite_in_row", 10)
+  if count == 0 or (policy == "skip" and run < limit):
+    return
+  last_good = mngr.latest_step()
+  good = (f"last good checkpoint: step {last_good} in {mngr.directory}" if last_good is not None
+          else "no checkpoint was saved")
+  if policy == "stop":
+    raise NonFiniteError(
+        f"step {first}: the loss or gradient norm is not finite; stopped without saving it ({good}). "
+        "Lower optimizer.learning_rate, or set --config.nonfinite=skip to drop such steps")
+  raise NonFiniteError(
+      f"{run} steps in a row up to step {int(state.step)} had a non-finite loss or gradient norm "
+      f"(max_nonfinite_in_row={limit}); stopped ({good}). Lower optimizer.learning_rate")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,30 +358,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _train_and_evaluate(config, workdir, preempted)
 
 
+def describe(config) -> str:
+  """The config in one line."""
+  r, data = config.resizer, config.data
+  out = r.get("output_size") or f"x{r.get('scale')}"
+  out = "x".join(map(str, out)) if isinstance(out, (tuple, list)) else out
+  return (f"{r.name} resizer {data.input_size} px -> {out} px, {config.backbone.name}, "
+          f"{config.get('task', 'classification')} on {data.name} ({config.num_classes} classes)")
+
+
 def _train_and_evaluate(config, workdir, preempted) -> dict:
+  config = config.copy_and_resolve_references()  # Resolved below (data.num_shards); not the caller's.
+  is_chief = jax.process_index() == 0
+  say = print if is_chief else lambda *_: None
+
+  # --- Data and the plan: batch, learning rate and steps follow the hardware (resizer_jax/plan.py).
+  task = config.get("task", "classification")
+  builder = input_pipeline.get_builder(config.data, config.num_classes, task)
+  splits = builder.info.splits
+  train_split = splits[config.data.train_split]
+
+  def make_plan(num_shards=None):
+    return plan_lib.make(
+        config, num_devices=jax.device_count(), num_processes=jax.process_count(),
+        num_train=train_split.num_examples, num_eval=splits[config.data.eval_split].num_examples,
+        platform=jax.default_backend(), num_shards=num_shards,
+        bytes_per_example=train_split.num_bytes / max(1, train_split.num_examples))
+  plan = make_plan()
+
   # --- Devices and mesh: the batch is split over every mesh axis.
   mesh = make_mesh(config.get("mesh", (("data", -1),)))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(mesh.axis_names))
-  for key in ("batch_size", "eval_batch_size"):
-    if config[key] % jax.device_count():
-      raise ValueError(f"{key}={config[key]} is not divisible by the number of devices "
-                       f"({jax.device_count()}); use a multiple of {jax.device_count()}")
 
   def to_global(batch):
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharded, x), batch)
 
-  # --- Data.
-  task = config.get("task", "classification")
-  builder = input_pipeline.get_builder(config.data, config.num_classes, task)
-  num_train = builder.info.splits[config.data.train_split].num_examples
-  steps_per_epoch = max(1, num_train // config.batch_size)
-  total_steps = config.num_train_steps or round(config.num_epochs * steps_per_epoch)
-
   # --- Model, optimiser and state (created directly with its sharding, never on one host first).
+  with config.unlocked():
+    config.dtype = plan.dtype
   model = models.from_config(config)
-  schedule = make_schedule(config, steps_per_epoch)
+  schedule = make_schedule(config, plan.steps_per_epoch, plan.peak_learning_rate)
   tx = make_optimizer(config, schedule)
+  if config.get("nonfinite", "stop") not in NONFINITE:
+    raise ValueError(f"unknown nonfinite={config.nonfinite!r}; valid: {', '.join(NONFINITE)}")
 
   init = make_init(model, tx, config.data.input_size)
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
@@ -297,6 +410,18 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
   state = checkpoint.restore_latest(mngr, jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings),
       config)
+
+  # --- The data stream: a resume reads the stream its checkpoint recorded, or refuses.
+  recorded = checkpoint.saved_stream(mngr) if state is not None else None
+  if recorded and not config.data.get("num_shards"):
+    plan = make_plan(recorded["num_shards"])  # Keep the run's streams on another process count.
+  with config.unlocked():
+    config.data.num_shards = plan.num_shards
+  stream = input_pipeline.stream_identity(builder, config.data, global_batch=plan.global_batch,
+                                          seed=config.seed, num_shards=plan.num_shards)
+  if recorded:
+    checkpoint.check_same_stream(recorded, stream, str(mngr.directory))
+
   if state is None:
     state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
     if config.get("init_from"):
@@ -304,24 +429,27 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
       state = checkpoint.warm_start(state, config.init_from,
                                     keep_fresh=() if config.get("init_head", True) else ("head",))
   start_step = int(state.step)
+  total_steps = plan.total_steps
 
   # --- Logging (host 0 only writes), config.json, and the compiled steps.
-  is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if is_chief:
     writer = metric_writers.MultiWriter(
-        [writer, JsonlWriter(os.path.join(workdir, "metrics.jsonl"), start_step)])
+        [writer, JsonlWriter(os.path.join(workdir, "metrics.jsonl"), start_step),
+         ConsoleWriter(total_steps)])
     _write_atomically(epath.Path(workdir) / "config.json", config.to_json_best_effort(indent=2))
   params = sum(x.size for x in jax.tree.leaves(abstract.params))
   resizer_params = sum(x.size for x in jax.tree.leaves(abstract.params.get("resizer", {})))
-  logging.info("Model: %s resizer -> %s; %d parameters (%d in the resizer). %d steps of %d "
-               "(%d per epoch) on mesh %s, %d processes.", config.resizer.name,
-               config.backbone.name, params, resizer_params, total_steps, config.batch_size,
-               steps_per_epoch, dict(mesh.shape), jax.process_count())
+  say(f"{describe(config)}; {params:,} parameters ({resizer_params:,} in the resizer)")
+  say(f"workdir {workdir}: " + (f"resuming at step {start_step}" if start_step else "new run"))
+  for line in plan.lines():
+    say("  " + line)
 
   train_fn = jit_train_step(config, model, schedule, shardings, sharded)
   eval_fn = jax.jit(functools.partial(eval_step, model=model, task=task),
                     in_shardings=(shardings, sharded), out_shardings=replicated)
+  run_eval = lambda state: evaluate(eval_fn, state, builder, config, to_global,
+                                    plan.eval_global_batch)
 
   # --- Pictures of the resizer's output on a few fixed eval images (resizers with parameters).
   draw = config.get("num_pictures") and "resizer" in abstract.params
@@ -333,13 +461,13 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
   gather_resizer = jax.jit(resizer_variables, out_shardings=replicated)
   sample = None
   if is_chief and draw:
-    ds, _ = input_pipeline.eval_dataset(builder, config.data, global_batch=config.eval_batch_size)
+    ds, _ = input_pipeline.eval_dataset(builder, config.data, global_batch=plan.eval_global_batch)
     sample = next(ds.as_numpy_iterator())["image"][:config.num_pictures]
   if is_chief and start_step < total_steps:  # Not finished any more (e.g. more steps asked for).
     (epath.Path(workdir) / "result.json").unlink(missing_ok=True)
 
   # --- Train.
-  train_iter = input_pipeline.train_dataset(builder, config.data, global_batch=config.batch_size,
+  train_iter = input_pipeline.train_dataset(builder, config.data, global_batch=plan.global_batch,
                                             seed=config.seed, start_step=start_step)
   train_iter = train_iter.as_numpy_iterator()
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, every_secs=30)
@@ -358,34 +486,46 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
         for hook in hooks:
           hook(step)
         last, stop = step == total_steps, preempted(step, mngr)
-        if step % config.log_every_steps and step % config.eval_every_steps and not (last or stop):
+        due = lambda every: step % every == 0
+        save = due(plan.checkpoint_every_steps) or last or stop
+        if not (due(plan.log_every_steps) or due(plan.eval_every_steps) or save):
           continue
         scalars = {f"train/{k}": v for k, v in train_metrics.compute().items()}
+        # Train time only: last_log is taken after the previous eval and save.
         elapsed, steps = time.time() - last_log[0], step - last_log[1]
-        scalars["train/images_per_s"] = steps * config.batch_size / max(elapsed, 1e-9)
+        scalars["train/steps_per_s"] = steps / max(elapsed, 1e-9)
+        scalars["train/images_per_s"] = steps * plan.global_batch / max(elapsed, 1e-9)
         scalars["data/skipped"] = int(state.skipped)  # Now: the state is donated to the next step.
-        train_metrics, last_log = None, (time.time(), step)
-        if (step % config.eval_every_steps == 0 or last) and not stop:
+        scalars["train/nonfinite_skipped"] = int(state.nonfinite)
+        train_metrics = None
+        check_finite(state, config, mngr)
+        if (due(plan.eval_every_steps) or last) and not stop:
           with progress.timed("eval"):
-            eval_metrics = evaluate(eval_fn, state, builder, config, to_global)
+            eval_metrics = run_eval(state)
           scalars.update(eval_metrics)
           if draw:
             resizer_vars = gather_resizer(state)
             if is_chief:
               pictures.write(writer, workdir, step, pictures.panel(
                   model, jax.device_get(resizer_vars), sample, config))
-        writer.write_scalars(step, scalars)  # The default writer also logs them to the console.
-        if step % config.checkpoint_every_steps == 0 or last or stop:
-          checkpoint.save(mngr, step, state, config)
+        writer.write_scalars(step, scalars)
+        if save:
+          checkpoint.save(mngr, step, state, config, stream=stream)
+          writer.flush()  # Remote metrics.jsonl is written with each checkpoint.
+        last_log = (time.time(), step)
         if stop:
-          logging.warning("Preempted: saved step %d of %d; rerun the same command to continue.",
-                          step, total_steps)
+          say(f"Preempted: saved step {step} of {total_steps} in {mngr.directory}; rerun the "
+              "same command to continue")
           return {}
       if not eval_metrics:  # Nothing left to train: report the checkpoint's metrics.
-        eval_metrics = evaluate(eval_fn, state, builder, config, to_global)
+        eval_metrics = run_eval(state)
       if is_chief:  # Written last: its presence says the run is finished (sweeps rely on it).
         _write_atomically(epath.Path(workdir) / "result.json",
                           json.dumps({"step": total_steps, **eval_metrics}))
+      say(f"checkpoints: steps {', '.join(map(str, mngr.all_steps()))} in {mngr.directory}")
+      if draw:
+        say(f"pictures: {epath.Path(workdir) / 'pictures'}/step_*.png (and TensorBoard: "
+            f"tensorboard --logdir {workdir})")
   finally:
     # A save may still be in flight (saves are async); a crash must not lose that checkpoint.
     mngr.wait_until_finished()

@@ -1,6 +1,9 @@
-"""Checkpoints: loading whatever mesh wrote them, and the paper's warm start."""
+"""Checkpoints: loading whatever mesh wrote them, the paper's warm start, and unreadable ones."""
 import json
+import logging
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -8,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import demo_config
+from helpers import assert_same_training, demo_config, saved_state
 from resizer_jax import checkpoint
 from resizer_jax import models
 from resizer_jax import train
@@ -83,3 +86,182 @@ def test_warm_start_into_another_backbone_names_the_paths_and_loads_nothing(bili
     checkpoint.warm_start(fresh, bilinear_run)
   with pytest.raises(FileNotFoundError, match="no checkpoint under"):
     checkpoint.warm_start(fresh, os.path.join(bilinear_run, "nowhere"))
+
+
+# --- Unreadable checkpoints: moved aside, and the run resumes from the newest readable one.
+def copy_of(run, tmp_path):
+  """A copy of a finished run's workdir, and its checkpoint steps, oldest first."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(run, workdir)
+  return workdir, sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+def files_of(directory):
+  """{relative path: bytes} under `directory`: what moving it must keep."""
+  root = pathlib.Path(directory)
+  return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def truncate_every_file(step_dir):
+  for p in pathlib.Path(step_dir).rglob("*"):
+    if p.is_file():
+      p.write_bytes(p.read_bytes()[:p.stat().st_size // 2])
+
+
+def garbage_meta_json(step_dir):
+  (pathlib.Path(step_dir) / "meta" / "metadata").write_text('{"model": {"resizer": ')
+
+
+def garbage_orbax_metadata(step_dir):
+  (pathlib.Path(step_dir) / "state" / "_METADATA").write_text("not json at all")
+
+
+def truncated_array_data(step_dir):  # Orbax's metadata intact: only reading the arrays fails.
+  for p in (pathlib.Path(step_dir) / "state").glob("ocdbt.process_*/d/*"):
+    p.write_bytes(p.read_bytes()[:p.stat().st_size // 2])
+
+
+def no_state(step_dir):
+  shutil.rmtree(pathlib.Path(step_dir) / "state")
+
+
+def unreadable_warnings(caplog):
+  return [r.getMessage() for r in caplog.records
+          if r.levelno == logging.WARNING and "is unreadable" in r.getMessage()]
+
+
+@pytest.mark.parametrize("damage", [truncate_every_file, garbage_meta_json])
+def test_an_unreadable_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_before(
+    tiny_run, data_dir, tmp_path, caplog, damage):
+  workdir, (older, newest) = copy_of(tiny_run[0], tmp_path)
+  newest_dir = os.path.join(workdir, "checkpoints", str(newest))
+  damage(newest_dir)
+  damaged = files_of(newest_dir)
+  caplog.set_level(logging.INFO)
+  final = train.train_and_evaluate(demo_config(data_dir), workdir)
+
+  moved = os.path.join(workdir, checkpoint.UNREADABLE, str(newest))
+  assert files_of(moved) == damaged  # Moved as it was, not deleted or repaired.
+  [warning] = unreadable_warnings(caplog)
+  assert f"step {newest} " in warning and f"moved it to {moved}" in warning
+  assert "JSONDecodeError" in warning  # The reason: both damages leave a JSON file unparsable.
+  assert any(f"at step {older}." in r.getMessage() for r in caplog.records
+             if r.getMessage().startswith("Resuming from"))
+  assert saved_state(workdir)[0] == newest  # Trained and saved again.
+  assert final == pytest.approx(tiny_run[1], rel=1e-4)
+  assert_same_training(workdir, tiny_run[0], older)
+
+
+def test_no_readable_checkpoint_is_one_clear_error_and_nothing_is_deleted(tiny_run, data_dir,
+                                                                          tmp_path):
+  workdir, steps = copy_of(tiny_run[0], tmp_path)
+  damaged = {}
+  for step in steps:
+    truncate_every_file(os.path.join(workdir, "checkpoints", str(step)))
+    damaged[step] = files_of(os.path.join(workdir, "checkpoints", str(step)))
+  aside = os.path.join(workdir, checkpoint.UNREADABLE)
+  moves = "; ".join(f"step {s} \\(meta: JSONDecodeError: [^;]*\\) to {aside}/{s}"
+                    for s in steps[::-1])
+  with pytest.raises(checkpoint.NoReadableCheckpointError,
+                     match=f"^no readable checkpoint in {workdir}/checkpoints: moved {moves}; "
+                     "nothing was deleted. Rerun to start from step 0"):
+    train.train_and_evaluate(demo_config(data_dir), workdir)
+  for step in steps:
+    assert files_of(os.path.join(aside, str(step))) == damaged[step]
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == []
+
+
+def abstract_state_of(workdir, step):
+  """The checkpoint's own tree on one device: a target for restore_latest without a trainer."""
+  with checkpoint.manager(workdir) as mngr:
+    tree = mngr.item_metadata(step)["state"]
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+
+
+@pytest.mark.parametrize("damage", [garbage_orbax_metadata, truncated_array_data, no_state])
+def test_restore_latest_skips_each_kind_of_damage_and_forgets_the_step(
+    tiny_run, data_dir, tmp_path, caplog, damage):
+  workdir, (older, newest) = copy_of(tiny_run[0], tmp_path)
+  abstract = abstract_state_of(workdir, older)
+  damage(os.path.join(workdir, "checkpoints", str(newest)))
+  # A step moved aside by an earlier run stays; this one gets a suffix.
+  earlier = pathlib.Path(workdir, checkpoint.UNREADABLE, str(newest))
+  earlier.mkdir(parents=True)
+  (earlier / "note").write_text("from before")
+  with checkpoint.manager(workdir) as mngr:
+    state = checkpoint.restore_latest(mngr, abstract, demo_config(data_dir))
+    assert int(state["step"]) == older
+    assert mngr.all_steps() == [older]  # Forgotten: the run saves that step afresh.
+  [warning] = unreadable_warnings(caplog)
+  assert f"step {newest} " in warning and f"moved it to {earlier}.1" in warning
+  assert (earlier / "note").read_text() == "from before"
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(older)]
+  _, reference = saved_state(tiny_run[0], older)
+  for got, want in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(reference["params"]),
+                       strict=True):
+    np.testing.assert_array_equal(got, want)
+
+
+def snapshot(workdir):
+  return {str(p): p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("*")}
+
+
+def test_another_model_behind_an_unreadable_checkpoint_is_refused_and_nothing_moves(
+    tiny_run, data_dir, tmp_path):
+  workdir, (older, newest) = copy_of(tiny_run[0], tmp_path)
+  abstract = abstract_state_of(workdir, older)
+  truncate_every_file(os.path.join(workdir, "checkpoints", str(newest)))
+  before = snapshot(workdir)
+  with checkpoint.manager(workdir) as mngr, pytest.raises(
+      ValueError, match=r"holds a checkpoint of a different model \(resizer.name: 'learned' in "
+      r"checkpoint vs 'bilinear' in config\)"):
+    checkpoint.restore_latest(mngr, abstract, demo_config(data_dir, "tiny,resizer=bilinear"))
+  assert snapshot(workdir) == before
+
+
+def test_a_state_of_another_layout_is_refused_not_moved_aside(tiny_run, data_dir, tmp_path):
+  workdir, (older, newest) = copy_of(tiny_run[0], tmp_path)
+  # E.g. a field added to the TrainState since the checkpoint was written.
+  abstract = {**abstract_state_of(workdir, newest),
+              "extra_counter": jax.ShapeDtypeStruct((), np.int32)}
+  before = snapshot(workdir)
+  with checkpoint.manager(workdir) as mngr, pytest.raises(
+      ValueError, match=rf"checkpoints/{newest} holds a train state of another layout "
+      r"\(extra_counter: missing in checkpoint vs \(\) in this run\); use a new --workdir"):
+    checkpoint.restore_latest(mngr, abstract, demo_config(data_dir))
+  assert snapshot(workdir) == before
+
+
+def test_all_processes_skip_a_checkpoint_only_one_could_not_read(tiny_run, data_dir, tmp_path,
+                                                                caplog, monkeypatch):
+  """Process 1 of 2 reads the newest checkpoint fine, but process 0 could not: process 1 skips it
+  too, leaves the moving to process 0, and forgets the step once process 0 has moved it."""
+  workdir, (older, newest) = copy_of(tiny_run[0], tmp_path)
+  abstract = abstract_state_of(workdir, older)
+  newest_dir = os.path.join(workdir, "checkpoints", str(newest))
+  gathers, barriers = [], []
+
+  def process_allgather(failed):
+    gathers.append(int(failed))
+    return np.array([len(gathers) == 1, failed])  # Process 0's first read (the newest) failed.
+
+  def sync_global_devices(name):
+    barriers.append(name)
+    assert os.path.isdir(newest_dir)  # Process 1 moved nothing.
+    if name.endswith("moved"):  # What process 0 did meanwhile.
+      os.rename(newest_dir, os.path.join(workdir, checkpoint.UNREADABLE, f"{newest}"))
+
+  os.mkdir(os.path.join(workdir, checkpoint.UNREADABLE))
+  monkeypatch.setattr(checkpoint.multihost_utils, "process_allgather", process_allgather)
+  monkeypatch.setattr(checkpoint.multihost_utils, "sync_global_devices", sync_global_devices)
+  with checkpoint.manager(workdir) as mngr:
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    state = checkpoint.restore_latest(mngr, abstract, demo_config(data_dir))
+    monkeypatch.undo()
+    assert int(state["step"]) == older and mngr.all_steps() == [older]
+  # Newest: meta read here, failed on 0. Older: meta, state layout, state, all read everywhere.
+  assert gathers == [0, 0, 0, 0] and len(barriers) == 2
+  [warning] = unreadable_warnings(caplog)
+  assert f"step {newest} " in warning and "(meta: unreadable on process 0)" in warning

@@ -1,4 +1,7 @@
 """The embedded dataset through the real TFDS builder, and the tf.data pipeline the trainer reads."""
+import json
+import pathlib
+
 import jax
 import ml_collections
 import numpy as np
@@ -161,3 +164,89 @@ def test_demo_eval_is_the_central_crop_at_native_resolution_like_train_crops(con
   out = input_pipeline.preprocess_eval(tf.constant(image), config.data).numpy()
   start = (256 - size) // 2
   np.testing.assert_array_equal(out, image[start:start + size, start:start + size])
+
+
+@pytest.fixture(scope="module")
+def sixteen_files(tmp_path_factory):
+  """The tiny build in 16 files per split (the session's has one): shard 0 of 2 reads 8 of them."""
+  path = str(tmp_path_factory.mktemp("tfds_16_files"))
+  tfds.builder("resizer_demo/tiny", data_dir=path).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(num_shards=16))
+  return path
+
+
+def shard_orders(builder, config, epochs, seed=0, start_step=0):
+  """The examples (as canonical() keys) shard 0 of 2 feeds, in order: a list per epoch."""
+  n = builder.info.splits["train"].num_examples // 2
+  batches = input_pipeline.train_dataset(builder, config, global_batch=2, seed=seed,
+                                         start_step=start_step).take(epochs * n - start_step)
+  keys = [canonical(b["image"][0]) for b in batches.as_numpy_iterator()]  # Row 0: shard 0.
+  keys = [None] * start_step + keys
+  return [keys[e * n:(e + 1) * n] for e in range(epochs)]
+
+
+def test_each_epoch_reads_the_shard_files_in_a_new_order_not_only_through_the_buffer(sixteen_files):
+  # A one-example buffer shuffles nothing: what changes between epochs is the order of the files.
+  config = data_config(sixteen_files, input_size=demo.SIZE, shuffle_buffer=2, num_shards=2)
+  builder = input_pipeline.get_builder(config)
+  shard = tfds.even_splits("train", 2, drop_remainder=True)[0]
+  assert len(builder.info.splits[shard].file_instructions) == 8
+  stored = [canonical(e["image"]) for e in tfds.as_numpy(builder.as_dataset(split=shard))]
+  first, second = shard_orders(builder, config, epochs=2)
+  assert sorted(first) == sorted(second) == sorted(stored)  # Each epoch: each example once.
+  assert first[:4] != second[:4]
+  # A function of (seed, epoch) only: a new pipeline, or one restarted at epoch 1, reads the same.
+  assert shard_orders(builder, config, epochs=2) == [first, second]
+  assert shard_orders(builder, config, epochs=2, start_step=22)[1] == second
+  assert shard_orders(builder, config, epochs=1, seed=1)[0][:4] != first[:4]
+
+
+def test_stream_identity_names_what_fixes_the_train_stream_as_json(data_dir):
+  config = data_config(data_dir)
+  builder = input_pipeline.get_builder(config)
+  identity = input_pipeline.stream_identity(builder, config, global_batch=16, seed=3, num_shards=2)
+  assert json.loads(json.dumps(identity)) == identity == {
+      "dataset": "resizer_demo/tiny", "version": str(builder.version), "split": "train",
+      "num_examples": 44, "global_batch": 16, "num_shards": 2, "seed": 3, "shuffle_buffer": 1000,
+      "order_scheme": input_pipeline.ORDER_SCHEME, "train_preprocess": "crop_flip",
+      "input_size": 96}
+
+
+def everything_under(path):
+  return sorted(str(p) for p in pathlib.Path(path).rglob("*"))
+
+
+def test_an_unknown_dataset_or_config_is_one_line_naming_the_close_ones(tmp_path):
+  for name, message in (
+      ("imagenet2013", r"unknown dataset data.name='imagenet2013'; close matches: imagenet2012, "),
+      ("resizer_dmeo/tiny", r"unknown dataset data.name='resizer_dmeo/tiny'; close matches: "
+                            r"resizer_demo"),
+      ("resizer_demo/huge", r"unknown config 'huge' of resizer_demo in data.name="
+                            r"'resizer_demo/huge'; valid: full, tiny$")):
+    with pytest.raises(ValueError, match=f"^{message}") as error:
+      input_pipeline.get_builder(data_config(str(tmp_path), name=name))
+    assert "\n" not in str(error.value)
+  assert everything_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("present", [(), ("AVA.txt",)])
+def test_ava_without_its_download_names_the_directories_and_the_missing_files(tmp_path, present):
+  data, manual = tmp_path / "tfds", tmp_path / "ava"
+  data.mkdir()
+  manual.mkdir()
+  for name in present:
+    (manual / name).write_text("")
+  before = everything_under(tmp_path)
+  with pytest.raises(FileNotFoundError) as error:
+    input_pipeline.get_builder(data_config(str(data), name="ava", manual_dir=str(manual)), 10,
+                               "iqa")
+  message = str(error.value)
+  missing = [f for f in ("AVA.txt", "aesthetics_image_lists/", "images/") if f not in present]
+  assert message.startswith(
+      f"ava is not prepared in data_dir={data} and its manual download is not in manual_dir="
+      f"{manual}: expected AVA.txt, aesthetics_image_lists/, images/ there, missing: "
+      f"{', '.join(missing)};")
+  assert (f"tfds.builder('ava', data_dir='{data}').download_and_prepare(download_config="
+          f"tfds.download.DownloadConfig(manual_dir='{manual}'))" in message)
+  assert "docs/iqa.md" in message and "\n" not in message
+  assert everything_under(tmp_path) == before

@@ -2,6 +2,7 @@
 photographs with damaged files in both tars, then through our train and eval pipelines."""
 import io
 import pathlib
+import re
 import shutil
 
 import jax
@@ -246,3 +247,39 @@ def test_input_benchmark_runs_on_the_imagenet_config(imagenet):
                        f"--data_dir={imagenet['config'].data_dir}", "--batch=4", "--steps=2",
                        "--warmup=1"])
   assert result["input"] == SIZE and result["images_per_s"] > 0
+
+
+def everything_under(path):
+  return sorted(str(p) for p in pathlib.Path(path).rglob("*"))
+
+
+@pytest.mark.parametrize("manual", ["default", "given", "only the train tar"])
+def test_imagenet_without_its_archives_is_one_error_naming_the_directories_and_files(
+    imagenet, tmp_path, manual):
+  data = tmp_path / "tfds"
+  data.mkdir()
+  manual_dir = data / "downloads" / "manual" if manual == "default" else tmp_path / "ilsvrc"
+  if manual == "only the train tar":  # TFDS's own error: a NotFoundError from deep inside.
+    manual_dir.mkdir()
+    (manual_dir / imagenet_fixture.TRAIN_TAR).write_bytes(b"")
+  config = data_config(str(data), manual_dir=None if manual == "default" else str(manual_dir))
+  before = everything_under(tmp_path)
+  with pytest.raises(FileNotFoundError) as error:
+    input_pipeline.get_builder(config, 1000)
+  message = str(error.value)
+  missing = "ILSVRC2012_img_val.tar" + ("" if manual == "only the train tar" else
+                                        ", ILSVRC2012_img_train.tar")
+  assert message.startswith(
+      f"imagenet2012 is not prepared in data_dir={data} and its manual download is not in "
+      f"manual_dir={manual_dir}: expected ILSVRC2012_img_val.tar and, for the train split, "
+      f"ILSVRC2012_img_train.tar there, missing: {missing};")
+  assert "docs/data.md" in message and "\n" not in message
+  assert everything_under(tmp_path) == before  # Nothing written: no TFDS folders either.
+  # Without preparing (the trainer's --plan), an unprepared dataset is no error.
+  assert not input_pipeline.get_builder(config, prepare=False).is_prepared()
+  if manual == "given":  # The command the message gives prepares it once the archive is there.
+    manual_dir.mkdir()
+    shutil.copy(imagenet["manual"] / imagenet_fixture.VAL_TAR, manual_dir)
+    exec(re.search(r'python -c "([^"]+)"', message).group(1))  # pylint: disable=exec-used
+    builder = input_pipeline.get_builder(config, prepare=False)
+    assert builder.is_prepared() and builder.info.splits["validation"].num_examples == 14

@@ -25,7 +25,8 @@ def test_tiny_iqa_demo_trains_and_its_emd_falls(tmp_path):
   workdir = str(tmp_path / "run")
   final = train.train_and_evaluate(config, workdir)
   assert set(final) == {"eval/emd", "eval/accuracy", "eval/plcc", "eval/srcc", "eval/std_lcc",
-                        "eval/std_srcc", "eval/skipped"}
+                        "eval/std_srcc", "eval/skipped", "eval/examples"}
+  assert final["eval/examples"] == 8  # The whole test split of ava/demo_tiny, once.
   evals = [l for l in metrics_lines(workdir) if "eval/emd" in l]
   assert [l["step"] for l in evals] == [config.eval_every_steps, config.num_train_steps]
   assert evals[-1]["eval/emd"] < evals[0]["eval/emd"]
@@ -39,7 +40,7 @@ def test_an_iqa_run_warm_starts_from_a_classification_run_with_a_fresh_head(tiny
   config.unlock()
   config.init_head = False
   model = models.from_config(config)
-  tx = train.make_optimizer(config, train.make_schedule(config, 10))
+  tx = train.make_optimizer(config, train.make_schedule(config, steps_per_epoch=10))
   fresh = jax.jit(train.make_init(model, tx, config.data.input_size))(jax.random.key(0))
   with pytest.raises(ValueError, match=r"params.backbone.head.kernel: \(128, 4\) in checkpoint vs "
                      r"\(128, 10\) in model"):

@@ -145,7 +145,8 @@ def test_train_metrics_average_the_loss_and_keep_the_last_learning_rate():
   for i, lr in zip(range(0, 96, 32), (0.3, 0.2, 0.1)):
     loss = losses.emd_loss(jax.nn.softmax(logits[i:i + 32]), distribution[i:i + 32]).mean()
     m = jax.jit(metrics.IQATrainMetrics.single_from_model_output)(
-        loss=loss, logits=logits[i:i + 32], distribution=distribution[i:i + 32], learning_rate=lr)
+        loss=loss, logits=logits[i:i + 32], distribution=distribution[i:i + 32], learning_rate=lr,
+        grad_norm=np.float32(1.0))
     total = m if total is None else total.merge(m)
   got = total.compute()
   want = expected(logits[:96], distribution[:96])

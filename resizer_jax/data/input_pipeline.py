@@ -21,14 +21,19 @@ takes a copy of the next decodable example, flagged skipped=1. Every position of
 the position of one example of the split, which is what makes a restart exact (below). A train
 shard in which every example fails is an error, not an endless loop.
 
-Determinism: the train order is a function of (seed, epoch) only and every random augmentation is a
-stateless op seeded by (seed, example counter), so a run restarted at step N reads exactly the
-examples, in the same order, with the same crops, flips and skipped flags, that an uninterrupted run
-reads from step N on, knowing only N. The restart skips the earlier examples of the current epoch
-(reading, not decoding, them). The same stream needs the same TFDS build, global batch,
-data.num_shards (by default the process count), seed and shuffle_buffer; the pixels are bitwise the same on the same TensorFlow build.
+Determinism: the train order is a function of (seed, epoch, shard) only -- each epoch reads the
+shard's files in its own order, then through the shuffle buffer -- and every random
+augmentation is a stateless op seeded by (seed, example counter), so a run restarted at step N reads
+exactly the examples, in the same order, with the same crops, flips and skipped flags, that an
+uninterrupted run reads from step N on, knowing only N. The restart skips the earlier records of the
+current epoch (reading, not parsing or decoding, them). The same stream needs what
+`stream_identity` names: the TFDS build, global batch, data.num_shards (by default the process
+count), seed, shuffle_buffer and ORDER_SCHEME; the pixels are bitwise the same on the same
+TensorFlow build.
 """
+import difflib
 import math
+import os
 
 import jax
 from jax.experimental import multihost_utils
@@ -40,6 +45,77 @@ from resizer_jax.data import ava  # pylint: disable=unused-import  # Registers `
 from resizer_jax.data import demo  # pylint: disable=unused-import  # Registers `resizer_demo`.
 
 TRAIN_PREPROCESS = ("crop_flip", "inception_crop", "resize_crop_flip")
+# How a train epoch orders its examples; recorded by stream_identity, so that a resume refuses a
+# checkpoint of another scheme. 1: the stored order through the shuffle buffer. 2: the shard's
+# file instructions (parts of files) in an order drawn per (seed, epoch, shard), then the buffer.
+ORDER_SCHEME = 2
+READ_FILES = 16  # Files each train shard stream reads at once.
+# Registered by this package (imported above); tfds.list_builders() may not know them yet.
+OUR_DATASETS = ("resizer_demo", "ava")
+# What a manual download must put in the manual dir before TFDS can prepare the dataset:
+# (required, optional) names, a trailing "/" for a directory.
+MANUAL_FILES = {
+    "imagenet2012": (("ILSVRC2012_img_val.tar",), ("ILSVRC2012_img_train.tar",)),
+    "ava": (("AVA.txt", "aesthetics_image_lists/", "images/"), ()),
+}
+DOCS = {"imagenet2012": "docs/data.md", "ava": "docs/iqa.md"}
+
+
+def _builder(name: str, data_dir):
+  """tfds.builder(name), with an unknown dataset or config refused in one line."""
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.DatasetNotFoundError:  # Its message lists all ~450 datasets, a line each.
+    known = sorted(set(tfds.list_builders(with_community_datasets=False)) | set(OUR_DATASETS))
+    close = difflib.get_close_matches(name.partition(":")[0].partition("/")[0], known, n=5)
+    raise ValueError(f"unknown dataset data.name={name!r}; close matches: "
+                     f"{', '.join(close) or 'none'} (tfds.list_builders() lists all "
+                     f"{len(known)})") from None
+  except ValueError:
+    dataset, _, config = name.partition(":")[0].partition("/")
+    registered = dataset in tfds.list_builders(with_community_datasets=False)
+    configs = [c.name for c in tfds.builder_cls(dataset).BUILDER_CONFIGS] if registered else []
+    if config and registered and config not in configs:
+      raise ValueError(f"unknown config {config!r} of {dataset} in data.name={name!r}; valid: "
+                       f"{', '.join(configs) or 'none (give the dataset name alone)'}") from None
+    raise
+
+
+def _missing_manual_download(builder, data_config) -> str | None:
+  """Why TFDS could not prepare `builder` from its manual dir, in one line; None if it could try."""
+  if builder.is_prepared() or not getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+    return None
+  if getattr(builder.builder_config, "demo", None):  # `ava`'s offline stand-ins write their own.
+    return None
+  data_dir = str(builder.data_dir_root)
+  manual_dir = data_config.get("manual_dir") or os.path.join(data_dir, "downloads", "manual")
+
+  def exists(name):
+    path = os.path.join(manual_dir, name)
+    return tf.io.gfile.isdir(path) if name.endswith("/") else tf.io.gfile.exists(path)
+
+  if builder.name in MANUAL_FILES:
+    required, optional = MANUAL_FILES[builder.name]
+    if all(exists(f) for f in required):
+      return None
+    missing = [f for f in required + optional if not exists(f)]
+    expected = ", ".join(required) + (f" and, for the train split, {', '.join(optional)}"
+                                      if optional else "")
+  else:  # A dataset we do not know the files of: TFDS needs at least something there.
+    if tf.io.gfile.isdir(manual_dir) and tf.io.gfile.listdir(manual_dir):
+      return None
+    missing = ["all of it (the directory is absent or empty)"]
+    expected = " ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())[:300]
+  name = data_config.name
+  register = "from resizer_jax.data import ava; " if builder.name == "ava" else ""
+  prepare = (f"python -c \"{register}import tensorflow_datasets as tfds; tfds.builder('{name}', "
+             f"data_dir='{data_dir}').download_and_prepare(download_config="
+             f"tfds.download.DownloadConfig(manual_dir='{manual_dir}'))\"")
+  docs = DOCS.get(builder.name, "the dataset's TFDS catalog page")
+  return (f"{name} is not prepared in data_dir={data_dir} and its manual download is not in "
+          f"manual_dir={manual_dir}: expected {expected} there, missing: {', '.join(missing)}; put "
+          "the files there (or set --config.data.manual_dir to where they are) and rerun, or "
+          f"prepare once with: {prepare} ({docs})")
 
 
 def get_builder(data_config, num_classes: int | None = None, task: str | None = None, *,
@@ -50,22 +126,34 @@ def get_builder(data_config, num_classes: int | None = None, task: str | None = 
   ILSVRC2012_img_{train,val}.tar); None means TFDS's default, <data_dir>/downloads/manual.
   With several processes, process 0 builds first and the others then find it built (a shared
   data_dir) or build their own copy (a local one): never two writers on one directory.
+
+  An unknown dataset or config is a ValueError; an unprepared dataset whose manual download is
+  missing a FileNotFoundError naming the directories and files, before anything is written.
   """
+  builder = _builder(data_config.name, data_config.get("data_dir"))
+
   def prepared():
     builder = tfds.builder(data_config.name, data_dir=data_config.get("data_dir"))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=data_config.get("manual_dir")))
     return builder
 
-  if not prepare:
-    builder = tfds.builder(data_config.name, data_dir=data_config.get("data_dir"))
-  elif jax.process_count() == 1:
-    builder = prepared()
-  else:
-    if jax.process_index() == 0:
-      prepared()
-    multihost_utils.sync_global_devices(f"prepared {data_config.name}")
-    builder = prepared()
+  if prepare:
+    missing = _missing_manual_download(builder, data_config)
+    if jax.process_count() > 1:  # All raise or none: process 0 must not wait for the others.
+      elsewhere = np.asarray(multihost_utils.process_allgather(np.int32(missing is not None)))
+      if missing is None and elsewhere.any():
+        missing = (f"{data_config.name}'s manual download is missing on process "
+                   f"{', '.join(map(str, np.flatnonzero(elsewhere)))} (see its error)")
+    if missing:
+      raise FileNotFoundError(missing)
+    if jax.process_count() == 1:
+      builder = prepared()
+    else:
+      if jax.process_index() == 0:
+        prepared()
+      multihost_utils.sync_global_devices(f"prepared {data_config.name}")
+      builder = prepared()
   features = builder.info.features
   if task is not None and task != ("iqa" if _is_iqa(builder) else "classification"):
     raise ValueError(f"config.task={task!r} does not fit {data_config.name}, a "
@@ -189,25 +277,52 @@ def local_batch_size(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
+def _file_instructions(builder, split):
+  """(files, skips, takes): the parts of TFRecord files that hold `split`, in stored order.
+
+  The unit whose order each epoch draws afresh. Not cut finer: a TFRecord file has no index, so
+  a part that starts inside a file is reached by reading the records before it.
+  """
+  if builder.info.file_format.value != "tfrecord":
+    raise ValueError(f"{builder.info.full_name} is stored as {builder.info.file_format.value}; the "
+                     "train pipeline reads tfrecord builds (rebuild with file_format='tfrecord')")
+  parts = [(f.filename, f.skip, f.take) for f in builder.info.splits[split].file_instructions]
+  files, skips, takes = zip(*parts)
+  return tf.constant(files), tf.constant(skips, tf.int64), tf.constant(takes, tf.int64)
+
+
 def _shard_stream(builder, data_config, split, shard: int, num_shards: int, *, rows: int, seed: int,
                   start_step: int):
   """Endless batches of `rows` examples from one shard, shuffled per epoch, from `start_step` on."""
   n = _num_examples(builder, split)
   first_epoch, offset = divmod(start_step * rows, n)
-  examples = _read(builder, split)
-  # The buffer is split among the shards: host memory stays that of one shuffle_buffer.
+  # The buffer is split among the shards: all processes together hold one shuffle_buffer of
+  # records, each one shuffle_buffer / process_count.
   buffer = max(1, min(n, data_config.shuffle_buffer // num_shards))
+  files, skips, takes = _file_instructions(builder, split)
   iqa = _is_iqa(builder)
 
   def epoch(e):
     # A hash of (seed, epoch, shard): seed s must not replay seed s-1's orders one epoch later.
-    order_seed = tf.random.stateless_uniform(
-        [], seed=tf.stack([tf.constant(seed, tf.int64), e * 2**20 + shard]),
-        minval=None, maxval=None, dtype=tf.int64)
-    return examples.shuffle(buffer, seed=order_seed)
+    key = tf.stack([tf.constant(seed, tf.int64), e * 2**20 + shard])
+    file_key, buffer_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+    order = tf.random.experimental.stateless_shuffle(tf.range(tf.size(files)), seed=file_key)
+    records = tf.data.Dataset.from_tensor_slices(
+        tuple(tf.gather(column, order) for column in (files, skips, takes))).interleave(
+            lambda f, skip, take: tf.data.TFRecordDataset(f).skip(skip).take(take),
+            # Several files side by side, as TFDS reads them: parallel reads, mixed records.
+            cycle_length=READ_FILES, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True)
+    buffer_seed = tf.random.stateless_uniform([], seed=buffer_key, minval=None, maxval=None,
+                                              dtype=tf.int64)
+    return records.shuffle(buffer, seed=buffer_seed)
 
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+  # Skipped records are read, never parsed or decoded.
   ds = ds.enumerate(start=first_epoch * n).skip(offset)
+  ds = ds.map(lambda i, record: (i, builder.info.features.deserialize_example(
+      record, decoders={"image": tfds.decode.SkipDecoding()})),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   def prepare(i, example):
     counter = tf.stack([tf.constant(seed, tf.int64), i * num_shards + shard])
@@ -262,8 +377,22 @@ def train_dataset(builder, data_config, *, global_batch: int, seed: int, start_s
                            rows=global_batch // num_shards, seed=seed, start_step=start_step)
              for k in mine]
   ds = tf.data.Dataset.zip(tuple(streams)).map(
-      lambda *parts: jax.tree.map(lambda *x: tf.concat(x, axis=0), *parts))
+      lambda *parts: tf.nest.map_structure(lambda *x: tf.concat(x, axis=0), *parts))
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def stream_identity(builder, data_config, *, global_batch: int, seed: int, num_shards: int) -> dict:
+  """What decides the train batches (the examples, order and augmentation of every step), as JSON:
+  a run resumed with another identity would silently train on other batches than it began with."""
+  split = data_config.train_split
+  config = builder.builder_config
+  return {"dataset": builder.name + (f"/{config.name}" if config else ""),
+          "version": str(builder.version), "split": split,
+          "num_examples": int(_num_examples(builder, split)), "global_batch": int(global_batch),
+          "num_shards": int(num_shards), "seed": int(seed),
+          "shuffle_buffer": int(data_config.shuffle_buffer), "order_scheme": ORDER_SCHEME,
+          "train_preprocess": data_config.train_preprocess,
+          "input_size": int(data_config.input_size)}
 
 
 def eval_dataset(builder, data_config, *, global_batch: int):

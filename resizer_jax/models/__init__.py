@@ -3,8 +3,10 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from resizer_jax import plan
 from resizer_jax.models.densenet import DenseNet
 from resizer_jax.models.efficientnet import EfficientNet
 from resizer_jax.models.inception_v2 import InceptionV2
@@ -90,7 +92,7 @@ def from_config(config) -> ResizedModel:
   if task == "iqa" and config.num_classes != IQA_NUM_CLASSES:
     raise ValueError(f"task=iqa needs num_classes={IQA_NUM_CLASSES} (scores 1..10), got "
                      f"{config.num_classes}")
-  dtype = jnp.dtype(config.get("dtype", "float32"))
+  dtype = jnp.dtype(plan.compute_dtype(config, jax.default_backend()))  # "auto": by platform.
   r = config.resizer
   resizer_kwargs = dict(num_filters=r.num_filters, num_res_blocks=r.num_res_blocks,
                         interpolation=r.interpolation, zero_init_tail=r.zero_init_tail, dtype=dtype)

@@ -1,0 +1,208 @@
+"""The run plan: what a config does on N devices and P processes, computed before anything runs.
+
+The trainer takes its batch, learning rate and step counts from `make`, so the plan printed by
+
+  python -m resizer_jax.main --config=configs/imagenet.py:input=448 --plan --devices=64 --processes=16
+
+is the plan a run on that hardware follows. Nothing here touches an accelerator: a laptop can check a
+pod's config.
+
+Batch: `config.per_device_batch_size` (paper-scale configs: it follows the hardware) or else the
+global `config.batch_size` (the demos), which must then divide over the devices.
+Learning rate: `optimizer.learning_rate` is the peak at `optimizer.reference_batch` examples and
+scales linearly with the global batch (Goyal et al.'s rule, with warm-up); without a
+reference_batch it is used as it is.
+"""
+import dataclasses
+import math
+
+# Published split sizes and mean encoded bytes per example, for plans made where the data is not
+# prepared. ImageNet: the ILSVRC2012 tars hold 138 GB / 1,281,167 train and 6.3 GB / 50,000 val JPEGs.
+LARGE_BATCH = 8192
+SMALL_BUFFER = 1000
+
+KNOWN_SPLITS = {
+    "imagenet2012": {"train": (1_281_167, 108_000), "validation": (50_000, 127_000)},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  devices: int
+  processes: int
+  mesh: dict
+  global_batch: int
+  per_device_batch: int
+  eval_global_batch: int
+  peak_learning_rate: float
+  warmup_steps: int
+  decay_steps: int
+  steps_per_epoch: int
+  total_steps: int
+  num_train: int
+  num_eval: int
+  eval_steps: int
+  dtype: str
+  num_shards: int
+  shuffle_buffer_per_shard: int
+  bytes_per_example: float | None
+  log_every_steps: int
+  eval_every_steps: int
+  checkpoint_every_steps: int
+
+  @property
+  def shards_per_process(self) -> int:
+    return self.num_shards // self.processes
+
+  @property
+  def images_per_epoch_per_process(self) -> int:
+    return self.steps_per_epoch * self.global_batch // self.processes
+
+  @property
+  def shuffle_bytes_per_process(self) -> float | None:
+    """Encoded examples held by this process's shuffle buffers (they shuffle undecoded bytes)."""
+    if self.bytes_per_example is None:
+      return None
+    return self.shards_per_process * self.shuffle_buffer_per_shard * self.bytes_per_example
+
+  def warnings(self) -> list[str]:
+    out = []
+    if self.global_batch > LARGE_BATCH:
+      out.append(f"global batch {self.global_batch} is above {LARGE_BATCH}, where the linear "
+                 "learning-rate rule is known to break down for SGD (Goyal et al., 2017); "
+                 "consider a smaller per_device_batch_size")
+    if self.shuffle_buffer_per_shard < SMALL_BUFFER < self.num_train // self.num_shards:
+      out.append(f"each of the {self.num_shards} streams shuffles through only "
+                 f"{self.shuffle_buffer_per_shard} examples (data.shuffle_buffer is split among "
+                 "the streams, so that every process count reads the same batches); raise "
+                 "data.shuffle_buffer, at the host memory shown above per process")
+    return out
+
+  def lines(self) -> list[str]:
+    epochs = lambda steps: f"{steps / self.steps_per_epoch:.3g} epochs"
+    memory = self.shuffle_bytes_per_process
+    memory = ("unknown (dataset not prepared)" if memory is None else
+              f"{memory / 2**30:.2f} GiB" if memory >= 2**30 else f"{memory / 2**20:.1f} MiB")
+    mesh = " x ".join(f"{k}={v}" for k, v in self.mesh.items())
+    return [
+        f"devices {self.devices} in {self.processes} processes; mesh {mesh}; compute {self.dtype}",
+        f"batch {self.global_batch} global = {self.per_device_batch} per device "
+        f"({self.global_batch // self.processes} per process); eval batch {self.eval_global_batch}",
+        f"learning rate peak {self.peak_learning_rate:.4g} after {self.warmup_steps} warm-up steps, "
+        f"decayed every {self.decay_steps} steps",
+        f"{self.num_train} train examples: {self.steps_per_epoch} steps per epoch, "
+        f"{self.total_steps} steps in all ({epochs(self.total_steps)})",
+        f"log every {self.log_every_steps} steps; eval every {self.eval_every_steps} "
+        f"({epochs(self.eval_every_steps)}, {self.eval_steps} batches over {self.num_eval} "
+        f"examples); checkpoint every {self.checkpoint_every_steps} ({epochs(self.checkpoint_every_steps)})",
+        f"data: {self.num_shards} shuffled streams, {self.shards_per_process} per process; "
+        f"{self.images_per_epoch_per_process} images per epoch per process; shuffle buffers "
+        f"{self.shards_per_process} x {self.shuffle_buffer_per_shard} examples = {memory} per process",
+    ] + [f"warning: {w}" for w in self.warnings()]
+
+
+def mesh_shape(axes, num_devices: int) -> dict:
+  """`config.mesh` ((name, size) pairs, one size may be -1 for the rest) resolved for num_devices."""
+  names, sizes = [a[0] for a in axes], [int(a[1]) for a in axes]
+  known = math.prod(s for s in sizes if s != -1)
+  if sizes.count(-1) > 1 or known <= 0 or num_devices % known:
+    raise ValueError(f"config.mesh={tuple(map(tuple, axes))} does not fit {num_devices} devices; "
+                     "give (name, size) pairs whose sizes multiply to the device count, one of "
+                     "them may be -1")
+  sizes = [num_devices // known if s == -1 else s for s in sizes]
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"config.mesh={tuple(map(tuple, axes))} has {math.prod(sizes)} devices but "
+                     f"there are {num_devices}")
+  return dict(zip(names, sizes))
+
+
+def schedule_steps(optimizer_config, steps_per_epoch: int) -> tuple[int, int]:
+  """(warm-up steps, steps between decays) of the learning-rate schedule."""
+  o = optimizer_config
+  return round(o.warmup_epochs * steps_per_epoch), max(1, round(o.decay_epochs * steps_per_epoch))
+
+
+def compute_dtype(config, platform: str) -> str:
+  """config.dtype; "auto" is bfloat16 on accelerators and float32 on the CPU (where bf16 is slow)."""
+  dtype = config.get("dtype", "float32")
+  if dtype == "auto":
+    return "float32" if platform == "cpu" else "bfloat16"
+  return dtype
+
+
+def _batch(config, key: str, num_devices: int, num_processes: int) -> tuple[int, int]:
+  """(global, per device) for "batch_size" or "eval_batch_size"."""
+  per_device = config.get(f"per_device_{key}")
+  if per_device:
+    return per_device * num_devices, per_device
+  batch = config[key]
+  if batch % num_devices:
+    raise ValueError(f"{key}={batch} is not divisible by the number of devices ({num_devices}); "
+                     f"use a multiple of {num_devices}, or set per_device_{key}")
+  return batch, batch // num_devices
+
+
+def make(config, *, num_devices: int, num_processes: int, num_train: int, num_eval: int,
+         platform: str = "cpu", num_shards: int | None = None,
+         bytes_per_example: float | None = None) -> Plan:
+  """The plan of `config` on this hardware; a ValueError naming the fix where it cannot run.
+
+  num_shards: the data streams (default config.data.num_shards, else one per process).
+  """
+  if num_devices % num_processes:
+    raise ValueError(f"{num_devices} devices do not split evenly over {num_processes} processes")
+  mesh = mesh_shape(config.get("mesh", (("data", -1),)), num_devices)
+  global_batch, per_device = _batch(config, "batch_size", num_devices, num_processes)
+  eval_batch, _ = _batch(config, "eval_batch_size", num_devices, num_processes)
+  num_shards = num_shards or config.data.get("num_shards") or num_processes
+  if num_shards % num_processes or global_batch % num_shards:
+    raise ValueError(f"data.num_shards={num_shards} must be a multiple of the number of processes "
+                     f"({num_processes}) and divide the global batch ({global_batch}); set "
+                     f"--config.data.num_shards to such a number")
+  if num_train < global_batch:
+    raise ValueError(f"the train split has {num_train} examples, fewer than one global batch "
+                     f"({global_batch}); lower per_device_batch_size or batch_size")
+  o = config.optimizer
+  reference = o.get("reference_batch")
+  peak = o.learning_rate * global_batch / reference if reference else o.learning_rate
+  steps_per_epoch = max(1, num_train // global_batch)
+  warmup, decay_steps = schedule_steps(o, steps_per_epoch)
+  total = config.num_train_steps or round(config.num_epochs * steps_per_epoch)
+  per_process_eval = math.ceil(num_eval / num_processes)
+  def every(name):  # name_every_epochs if set, else name_every_steps; 0: only at the end.
+    epochs = config.get(f"{name}_every_epochs")
+    return (max(1, round(epochs * steps_per_epoch)) if epochs else
+            config[f"{name}_every_steps"] or total)
+  return Plan(
+      devices=num_devices, processes=num_processes, mesh=mesh, global_batch=global_batch,
+      per_device_batch=per_device, eval_global_batch=eval_batch, peak_learning_rate=peak,
+      warmup_steps=warmup, decay_steps=decay_steps,
+      steps_per_epoch=steps_per_epoch, total_steps=total, num_train=num_train, num_eval=num_eval,
+      eval_steps=math.ceil(per_process_eval / (eval_batch // num_processes)),
+      dtype=compute_dtype(config, platform), num_shards=num_shards,
+      shuffle_buffer_per_shard=max(1, min(num_train // num_shards,
+                                          config.data.shuffle_buffer // num_shards)),
+      bytes_per_example=bytes_per_example, log_every_steps=every("log"),
+      eval_every_steps=every("eval"), checkpoint_every_steps=every("checkpoint"))
+
+
+def split_sizes(data_config) -> tuple[int, int, float | None, str]:
+  """(train examples, eval examples, mean encoded bytes per train example or None, source).
+
+  From the prepared TFDS dataset when there is one, else from KNOWN_SPLITS.
+  """
+  from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  builder = input_pipeline.get_builder(data_config, prepare=False)
+  name = data_config.name.split("/")[0]
+  if builder.is_prepared():
+    splits = builder.info.splits
+    train = splits[data_config.train_split]
+    return (train.num_examples, splits[data_config.eval_split].num_examples,
+            train.num_bytes / max(1, train.num_examples), "prepared dataset")
+  if name in KNOWN_SPLITS:
+    (train, size), (num_eval, _) = (KNOWN_SPLITS[name][data_config.train_split],
+                                    KNOWN_SPLITS[name][data_config.eval_split])
+    return train, num_eval, size, "published split sizes (not prepared here)"
+  raise FileNotFoundError(f"{data_config.name} is not prepared under data_dir="
+                          f"{data_config.get('data_dir')} and its split sizes are not known; "
+                          "prepare it first (docs/data.md)")

@@ -1,0 +1,315 @@
+"""The launchers, executed: launch/tpu.sh against a stand-in gcloud whose TPU VM workers are local
+processes with their own home folders, launch/slurm.sbatch through stand-in sbatch and srun
+(tests/standins/). Both really bootstrap a uv venv and train the demo to its last checkpoint with
+2 processes (TPU workers of 4 CPU devices; SLURM tasks of one, as one task per GPU); then the
+follow-up modes, the signal path, the dry runs and the refusals.
+
+The venvs are installed from the indexes pip is configured with here (uv reads no pip config) into
+one uv cache for the module: a fresh one, unless UV_CACHE_DIR is set, which is then used as it is.
+"""
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import REPO, saved_state
+
+STANDINS = REPO / "tests" / "standins"
+VM = ["--name=demo", "--zone=us-central2-b"]
+TRAIN = ["--config=configs/demo.py:tiny"]
+
+
+def _pip_indexes():
+  """pip's configured indexes as uv's variables: the same packages for the venvs as for pip."""
+  listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                          text=True, check=False).stdout
+  values = {}
+  for key, value in re.findall(r"^[^.\n]*\.([a-z-]+)='(.*)'$", listed, re.M):
+    values.setdefault(key, [])
+    values[key] += [v for v in value.split() if v not in values[key]]
+  env = {"UV_INDEX_STRATEGY": "unsafe-best-match"}  # pip takes the best version of all indexes.
+  if "index-url" in values:
+    env["UV_DEFAULT_INDEX"] = values["index-url"][0]
+  if "extra-index-url" in values:
+    env["UV_EXTRA_INDEX_URL"] = " ".join(values["extra-index-url"])
+  if "find-links" in values:
+    env["UV_FIND_LINKS"] = ",".join(values["find-links"])
+  return env
+
+
+def _stock_python3():
+  """A Python 3.10 with pip, python3 on a stock TPU VM image; this one where there is none."""
+  pyenv = os.path.expanduser(os.environ.get("PYENV_ROOT", "~/.pyenv"))
+  candidates = [shutil.which("python3.10"),
+                *sorted(glob.glob(f"{pyenv}/versions/3.10*/bin/python3.10"))]
+  for path in filter(None, candidates):
+    if subprocess.run([path, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+      return path
+  return sys.executable
+
+
+@pytest.fixture
+def checkout(tmp_path):
+  """A git checkout holding this working tree's files as its HEAD: what the launchers ship."""
+  path = tmp_path / "checkout"
+  files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+  for name in filter(None, (f.decode() for f in files)):
+    if os.path.isfile(REPO / name):
+      os.makedirs(path / os.path.dirname(name), exist_ok=True)
+      shutil.copy2(REPO / name, path / name)
+  git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+  for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the working tree"]):
+    subprocess.run([*git, *cmd], cwd=path, check=True)
+  return path
+
+
+@pytest.fixture(scope="module")
+def base_env(tmp_path_factory):
+  """PATH: the stand-ins, a python3 as on a stock image and the Python 3.11 uv is to find (uv must
+  not download one here), the system tools; the uv settings; nothing of this process's JAX setup."""
+  bin_dir = tmp_path_factory.mktemp("bin")
+  os.symlink(_stock_python3(), bin_dir / "python3")
+  os.symlink(sys.executable, bin_dir / "python3.11")
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("XLA_", "JAX_", "UV_", "PYTHONPATH", "PYTHONHOME"))}
+  cache = os.environ.get("UV_CACHE_DIR") or str(tmp_path_factory.mktemp("uv_cache"))
+  env.update(_pip_indexes(), PATH=f"{STANDINS}:{bin_dir}:/usr/bin:/bin",
+             UV_PYTHON_DOWNLOADS="never", UV_CACHE_DIR=cache)
+  return env
+
+
+@pytest.fixture
+def env(base_env, tmp_path):
+  """Per test: the stand-ins' state (VMs, SLURM jobs) and the user's home under tmp_path."""
+  os.makedirs(tmp_path / "home")
+  return dict(base_env, STANDIN_ROOT=str(tmp_path / "cloud"), HOME=str(tmp_path / "home"))
+
+
+def run(cmd, env, cwd, timeout=600, check=True):
+  start = time.time()
+  out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+  print(f"{time.time() - start:6.1f} s  {' '.join(cmd)[:150]}")
+  if check:
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
+  return out
+
+
+def worker_lines(out, i):
+  return [l[len(f"[worker {i}] "):] for l in out.splitlines() if l.startswith(f"[worker {i}] ")]
+
+
+def test_tpu_vm_launch_sets_up_every_worker_and_trains_detached(checkout, env, data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  tpu = ["bash", "launch/tpu.sh", *VM]
+  try:
+    out = run([*tpu, "--accelerator=v4-16", "--jax=cpu", f"--data_dir={data_dir}", "--detach",
+               *TRAIN, f"--workdir={workdir}"], env, checkout, timeout=400).stdout
+    print(out)
+    homes = [tmp_path / "cloud" / "tpu" / "demo" / f"worker-{i}" for i in (0, 1)]
+    for i, home in enumerate(homes):
+      assert any(l.startswith("started: pid ") for l in worker_lines(out, i)), out
+      # A Python 3.11 venv (python3 there may be older) with the project from the archive sent.
+      probe = subprocess.run(
+          [home / "resizer_jax_venv/bin/python", "-c",
+           "import sys, resizer_jax; print(sys.version_info[:2], resizer_jax.__file__)"],
+          cwd="/", capture_output=True, text=True, check=True).stdout
+      assert probe == f"(3, 11) {home}/resizer_jax/resizer_jax/__init__.py\n"
+
+    # The launch has returned, its SSH sessions have ended (the stand-in hangs their leftovers up),
+    # and the run goes on.
+    out = run([*tpu, "--status"], env, checkout).stdout
+    assert "VM demo: READY\tv4-16" in out
+    for i in (0, 1):
+      assert worker_lines(out, i)[0].startswith("running (pid "), out
+    # A second launch onto the running VM is refused on every worker, and leaves the run alone.
+    again = run([*tpu, "--reuse", "--jax=cpu", *TRAIN, f"--workdir={workdir}"], env, checkout,
+                check=False)
+    assert again.returncode != 0
+    for i in (0, 1):
+      assert any(l.startswith("a run is going (pid ") for l in worker_lines(again.stdout, i))
+
+    # Ctrl-C in --attach detaches, and the run goes on.
+    attached = subprocess.Popen([*tpu, "--attach"], cwd=checkout, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    assert attached.stdout.readline().startswith("[worker ")
+    os.killpg(attached.pid, signal.SIGINT)  # As a terminal sends it to its foreground processes.
+    _, err = attached.communicate(timeout=30)
+    assert attached.returncode == 130 and "detached; the run goes on" in err, err
+    out = run([*tpu, "--status"], env, checkout).stdout
+    for i in (0, 1):
+      assert worker_lines(out, i)[0].startswith("running (pid "), out
+
+    # --attach follows every worker's log until the run ends, and exits with its code.
+    out = run([*tpu, "--attach"], env, checkout, timeout=500).stdout
+    assert saved_state(str(workdir))[0] == 12
+    logs = []
+    for i in (0, 1):
+      with open(workdir / "logs" / f"worker-{i}.log") as f:
+        logs.append(f.read().splitlines())
+      assert worker_lines(out, i) == logs[i] + ["exited with code 0"], out[-3000:]
+    final = json.loads(next(l for l in logs[0] if l.startswith('{"workdir": ')))
+    assert final["workdir"] == str(workdir) and "eval/accuracy" in final
+
+    out = run([*tpu, "--status"], env, checkout).stdout
+    for i in (0, 1):
+      assert worker_lines(out, i) == [
+          f"exited with code 0; log {workdir}/logs/worker-{i}.log: {logs[i][-1][:300]}"]
+    # On a finished run, --attach prints the logs and returns.
+    out = run([*tpu, "--attach"], env, checkout, timeout=60).stdout
+    for i in (0, 1):
+      assert worker_lines(out, i) == logs[i] + ["exited with code 0"]
+  finally:  # Whatever happened, nothing of the VM keeps running.
+    if os.path.exists(tmp_path / "cloud" / "tpu" / "demo"):
+      run([*tpu, "--delete"], env, checkout)
+  assert not os.path.exists(tmp_path / "cloud" / "tpu" / "demo")
+  gone = run([*tpu, "--status"], env, checkout, check=False)
+  assert gone.returncode != 0 and "NOT_FOUND" in gone.stderr
+
+
+def test_slurm_job_makes_its_venv_and_trains_one_process_per_task(
+    checkout, env, data_dir, tmp_path):
+  """As on a GPU cluster, one task per device: each sees one CPU device."""
+  workdir = tmp_path / "run"
+  run(["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1", "launch/slurm.sbatch", "--jax=cpu",
+       *TRAIN, f"--workdir={workdir}", f"--config.data.data_dir={data_dir}"], env, checkout)
+  [output] = glob.glob(str(checkout / "slurm-resizer_jax-*.out"))
+  with open(output) as f:
+    out = f.read()
+  os.remove(output)
+  assert saved_state(str(workdir))[0] == 12, out[-5000:]
+  # jax found its 2 processes in srun's SLURM_* variables; only process 0 printed the result.
+  assert re.search(r"\b2 processes\b", out), out[-5000:]
+  assert json.loads(next(l for l in out.splitlines() if l.startswith('{"workdir": ')))[
+      "workdir"] == str(workdir)
+  python = checkout / ".venv" / "bin" / "python"
+  probe = subprocess.run([python, "-c", "import sys, jax, resizer_jax; print(sys.version_info[:2], "
+                          "jax.__version__, resizer_jax.__file__)"], capture_output=True, text=True,
+                         cwd="/", check=True).stdout.split()
+  assert probe[:2] == ["(3,", "11)"] and probe[3] == f"{checkout}/resizer_jax/__init__.py"
+  assert f'"jax=={probe[2]}"' in (checkout / "pyproject.toml").read_text()
+  # A finished run is not requeued.
+  assert not os.path.exists(tmp_path / "cloud" / "slurm" / "requeued")
+
+
+def test_slurm_job_passes_sigterm_to_its_tasks_and_requeues_only_an_unfinished_run(
+    checkout, env, tmp_path):
+  """The signal path with a trainer that does what resizer_jax.main does on SIGTERM (save, exit 0),
+  from the python on PATH (--venv=none)."""
+  fake = tmp_path / "trainer"
+  os.makedirs(fake)
+  (fake / "python").write_text(
+      "#!/usr/bin/env bash\n"
+      "trap 'echo \"task $SLURM_PROCID: SIGTERM, saved\"; exit 0' TERM\n"
+      "echo \"task $SLURM_PROCID of $SLURM_NTASKS started\"\n"
+      "while true; do sleep 0.1; done\n")
+  os.chmod(fake / "python", 0o755)
+  env = dict(env, PATH=f"{fake}:{env['PATH']}")
+  requeued = tmp_path / "cloud" / "slurm" / "requeued"
+  for finished in (False, True):
+    workdir = tmp_path / f"run_{finished}"
+    os.makedirs(workdir)
+    if finished:
+      (workdir / "result.json").write_text("{}")
+    job = subprocess.Popen(["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1",
+                            "launch/slurm.sbatch", "--venv=none", *TRAIN, f"--workdir={workdir}"],
+                           cwd=checkout, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+      output, deadline = None, time.time() + 60
+      while not output and time.time() < deadline:
+        time.sleep(0.2)
+        for path in glob.glob(str(checkout / "slurm-resizer_jax-*.out")):
+          with open(path) as f:
+            output = path if f.read().count(" started\n") == 2 else None
+      assert output, "the tasks did not start"
+      job.send_signal(signal.SIGTERM)  # What SLURM's --signal=B:TERM does to the batch shell.
+      assert job.wait(timeout=60) == 0
+    finally:
+      job.kill()
+    with open(output) as f:
+      out = f.read()
+    os.remove(output)
+    job_id = re.search(r"slurm-resizer_jax-(\d+)\.out", output).group(1)
+    assert sorted(re.findall(r"task \d: SIGTERM, saved", out)) == [
+        "task 0: SIGTERM, saved", "task 1: SIGTERM, saved"], out
+    assert (requeued.read_text().split() if requeued.exists() else []).count(job_id) == (
+        0 if finished else 1)
+
+
+MAIN_ARGS = "--config=configs/imagenet.py:input=448,resizer=bilinear --workdir=gs://b/runs/x " \
+    "--config.batch_size=128"
+
+
+def test_dry_runs_print_what_they_would_run_and_run_nothing(checkout, env, tmp_path):
+  jax_pin = re.search(r'"jax==([0-9.]+)"', (checkout / "pyproject.toml").read_text()).group(1)
+  dry = lambda *cmd: run([*cmd, *MAIN_ARGS.split(), "--dry-run"], env, checkout).stdout.splitlines()
+
+  out = dry(sys.executable, "launch/local.py", "--num_processes=2", "--cpu_devices_per_process=4",
+            "--port=1234")
+  for i in (0, 1):
+    assert (f"XLA_FLAGS=--xla_force_host_platform_device_count=4 {sys.executable} -m "
+            f"resizer_jax.main --coordinator_address=127.0.0.1:1234 --num_processes=2 "
+            f"--process_id={i} {MAIN_ARGS}") in out
+
+  out = dry("bash", "launch/slurm.sbatch")
+  venv = checkout / ".venv"
+  assert any(l.endswith(f"uv venv --quiet --python 3.11 {venv}") for l in out), out
+  assert any(l.endswith(f"pip install --quiet --python {venv}/bin/python -e . "
+                        f"'jax[cuda12]=={jax_pin}'") for l in out), out
+  assert out[-1] == f"srun --kill-on-bad-exit=1 {venv}/bin/python -m resizer_jax.main " \
+      f"--distributed=on {MAIN_ARGS}"
+  assert not venv.exists()
+  assert dry("bash", "launch/slurm.sbatch", "--venv=none") == [
+      f"srun --kill-on-bad-exit=1 python -m resizer_jax.main --distributed=on {MAIN_ARGS}"]
+
+  out = "\n".join(dry("bash", "launch/tpu.sh", *VM, "--accelerator=v4-32"))
+  assert out.startswith("gcloud compute tpus tpu-vm create demo --zone=us-central2-b "
+                        "--accelerator-type=v4-32 --version=tpu-ubuntu2204-base\n")
+  assert "gcloud compute tpus tpu-vm scp " in out
+  # Set up, start, follow.
+  ssh = "gcloud compute tpus tpu-vm ssh demo --zone=us-central2-b --worker=all '--command="
+  assert out.count(ssh) == 3
+  assert f"jax_req=\"jax[tpu]=={jax_pin}\"" in out
+  assert f"~/resizer_jax_venv/bin/python -m resizer_jax.main --distributed=on {MAIN_ARGS} >>" in out
+  for mode, command in (("--status", "ssh"), ("--attach", "ssh"), ("--delete", "delete")):
+    out = run(["bash", "launch/tpu.sh", *VM, mode, "--dry-run"], env, checkout).stdout
+    assert f"gcloud compute tpus tpu-vm {command} demo --zone=us-central2-b" in out
+  assert not os.path.exists(tmp_path / "cloud")  # The stand-in gcloud was never called.
+
+
+@pytest.mark.parametrize("cmd,message", [
+    (["launch/tpu.sh", "--zone=z", "--accelerator=v4-8", *TRAIN, "--workdir=gs://b/r"],
+     "missing --name=VM (e.g. launch/tpu.sh --name=r50 --zone=us-central2-b --accelerator=v4-32 "),
+    (["launch/tpu.sh", "--name=vm", "--accelerator=v4-8", *TRAIN, "--workdir=gs://b/r"],
+     "missing --zone=ZONE (e.g. "),
+    (["launch/tpu.sh", *VM, *TRAIN, "--workdir=gs://b/r"],
+     "missing --accelerator=TYPE to create the VM (e.g. --accelerator=v4-32), or give --reuse"),
+    (["launch/tpu.sh", *VM, "--accelerator=v4-8", "--workdir=gs://b/r"],
+     "missing --config=FILE[:ARG] (e.g. "),
+    (["launch/tpu.sh", *VM, "--accelerator=v4-8", *TRAIN], "missing --workdir=DIR (e.g. "),
+    (["launch/tpu.sh", *VM, "--accelerator=v4-8", *TRAIN, "--workdir=runs/x"],
+     "--workdir=runs/x is relative: give gs://BUCKET/PATH or an absolute path"),
+    (["launch/tpu.sh", *VM, "--jax=gpu", *TRAIN, "--workdir=gs://b/r"],
+     "--jax=gpu: give --jax=tpu or --jax=cpu"),
+    (["launch/tpu.sh", *VM, "--status", "--delete"], "give one of --attach, --status and --delete"),
+    (["launch/slurm.sbatch", "--workdir=/r"],
+     "missing --config=FILE[:ARG] (e.g. sbatch --nodes=2 "),
+    (["launch/slurm.sbatch", *TRAIN], "missing --workdir=DIR (e.g. "),
+    (["launch/slurm.sbatch", "--jax=rocm", *TRAIN, "--workdir=/r"],
+     "--jax=rocm: give --jax=cuda12, --jax=cuda13 or --jax=cpu"),
+])
+def test_launchers_refuse_bad_input_in_one_line_and_run_nothing(
+    cmd, message, checkout, env, tmp_path):
+  out = run(["bash", *cmd], env, checkout, check=False)
+  assert out.returncode == 2 and out.stdout == ""
+  assert len(out.stderr.splitlines()) == 1 and message in out.stderr, out.stderr
+  assert out.stderr.startswith(cmd[0] + ": ")
+  assert not os.path.exists(tmp_path / "cloud") and not (checkout / ".venv").exists()
