@@ -23,6 +23,19 @@ import orbax.checkpoint as ocp
 # Named explicitly (it is Orbax's default) so that this module can find a step's directory.
 STEP_FORMAT = ocp.step.standard_name_format()
 UNREADABLE = "checkpoints_unreadable"  # Next to checkpoints/ in the workdir.
+# TensorStore's and gRPC's status codes for failures of access or capacity, not of the data.
+_TRANSIENT = ("PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
+              "UNAUTHENTICATED", "ABORTED")
+
+
+def _not_the_files(error: BaseException) -> bool:
+  """Whether `error` (or what caused it) is about access or capacity rather than the bytes read."""
+  while error is not None:
+    if (isinstance(error, (PermissionError, ConnectionError, TimeoutError, MemoryError)) or
+        any(code in str(error) for code in _TRANSIENT)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 class NoReadableCheckpointError(ValueError):
@@ -103,8 +116,13 @@ def _agreed(what: str, read):
   """
   try:
     value, reason = read(), None
-  # What a damaged file raises varies: JSONDecodeError, KeyError, FileNotFoundError, TensorStore's.
+  # What damaged or missing files raise varies (JSONDecodeError, KeyError, FileNotFoundError,
+  # TensorStore's DATA_LOSS or OUT_OF_RANGE wrapped by Orbax in a plain Exception). No permission,
+  # a storage outage or no memory is not the checkpoint's fault, and must not move a good one
+  # aside: those propagate.
   except Exception as e:  # pylint: disable=broad-exception-caught
+    if _not_the_files(e):
+      raise
     value, reason = None, f"{what}: {_reason(e)}"
   if jax.process_count() > 1:
     failed = np.asarray(multihost_utils.process_allgather(np.int32(reason is not None)))

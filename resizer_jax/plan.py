@@ -116,6 +116,14 @@ def mesh_shape(axes, num_devices: int) -> dict:
   return dict(zip(names, sizes))
 
 
+def check_num_shards(num_shards: int, num_processes: int, global_batch: int):
+  """Each process reads whole streams, and each stream fills whole rows of every batch."""
+  if num_shards % num_processes or global_batch % num_shards:
+    raise ValueError(f"data.num_shards={num_shards} must be a multiple of the number of processes "
+                     f"({num_processes}) and divide the global batch ({global_batch}); set "
+                     f"--config.data.num_shards to such a number")
+
+
 def schedule_steps(optimizer_config, steps_per_epoch: int) -> tuple[int, int]:
   """(warm-up steps, steps between decays) of the learning-rate schedule."""
   o = optimizer_config
@@ -133,6 +141,9 @@ def compute_dtype(config, platform: str) -> str:
 def _batch(config, key: str, num_devices: int, num_processes: int) -> tuple[int, int]:
   """(global, per device) for "batch_size" or "eval_batch_size"."""
   per_device = config.get(f"per_device_{key}")
+  if per_device and config.get(key):
+    raise ValueError(f"{key}={config[key]} and per_device_{key}={per_device} are both set; set "
+                     f"one (--config.{key}=0 to use per_device_{key})")
   if per_device:
     return per_device * num_devices, per_device
   batch = config[key]
@@ -155,10 +166,7 @@ def make(config, *, num_devices: int, num_processes: int, num_train: int, num_ev
   global_batch, per_device = _batch(config, "batch_size", num_devices, num_processes)
   eval_batch, _ = _batch(config, "eval_batch_size", num_devices, num_processes)
   num_shards = num_shards or config.data.get("num_shards") or num_processes
-  if num_shards % num_processes or global_batch % num_shards:
-    raise ValueError(f"data.num_shards={num_shards} must be a multiple of the number of processes "
-                     f"({num_processes}) and divide the global batch ({global_batch}); set "
-                     f"--config.data.num_shards to such a number")
+  check_num_shards(num_shards, num_processes, global_batch)
   if num_train < global_batch:
     raise ValueError(f"the train split has {num_train} examples, fewer than one global batch "
                      f"({global_batch}); lower per_device_batch_size or batch_size")

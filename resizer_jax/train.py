@@ -7,6 +7,7 @@ are global without a pmean. The same code runs on one process or many (`jax.dist
 process feeds its share of the batch and takes part in checkpoint saves; process 0 writes the logs.
 """
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 from absl import logging
 from clu import metric_writers
+from clu import metrics as clu_metrics
 from clu import periodic_actions
 from etils import epath
 from flax.training import train_state
@@ -41,6 +43,7 @@ class TrainState(train_state.TrainState):
   # Steps whose loss, gradients or updated state were not finite: their update was dropped.
   nonfinite: jax.Array  # How many in all.
   nonfinite_run: jax.Array  # How many in a row, up to this step.
+  longest_nonfinite_run: jax.Array  # The most in a row so far (checked at log steps only).
   first_nonfinite: jax.Array  # The first such step, or -1.
 
 
@@ -126,9 +129,15 @@ def train_step(state: TrainState, batch, *, model, schedule,
       params=kept[0], opt_state=kept[1], batch_stats=kept[2],
       nonfinite=state.nonfinite + (~finite),
       nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1),
+      longest_nonfinite_run=jnp.maximum(state.longest_nonfinite_run,
+                                        jnp.where(finite, 0, state.nonfinite_run + 1)),
       first_nonfinite=jnp.where((state.first_nonfinite < 0) & ~finite, state.step + 1,
                                 state.first_nonfinite))
-  return new, metrics
+  # A dropped step weighs nothing in the logged averages (loss, accuracy, gradient norm).
+  drop = lambda m: jax.tree.map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), m)
+  return new, metrics.replace(**{f.name: drop(getattr(metrics, f.name))
+                                 for f in dataclasses.fields(metrics)
+                                 if isinstance(getattr(metrics, f.name), clu_metrics.Average)})
 
 
 def make_mesh(axes=(("data", -1),)):
@@ -167,6 +176,7 @@ def make_init(model, tx, input_size: int):
                              batch_stats=variables.get("batch_stats", {}),
                              skipped=jnp.zeros((), jnp.int32), nonfinite=jnp.zeros((), jnp.int32),
                              nonfinite_run=jnp.zeros((), jnp.int32),
+                             longest_nonfinite_run=jnp.zeros((), jnp.int32),
                              first_nonfinite=jnp.full((), -1, jnp.int32))
   return init
 
@@ -307,7 +317,8 @@ NONFINITE = ("stop", "skip")
 def check_finite(state, config, mngr):
   """Raises NonFiniteError when the non-finite steps so far call for a stop (config.nonfinite)."""
   policy = config.get("nonfinite", "stop")
-  count, run, first = int(state.nonfinite), int(state.nonfinite_run), int(state.first_nonfinite)
+  count, run = int(state.nonfinite), int(state.longest_nonfinite_run)
+  first = int(state.first_nonfinite)
   limit = config.get("max_nonfinite_in_row", 10)
   if count == 0 or (policy == "skip" and run < limit):
     return
@@ -319,7 +330,7 @@ def check_finite(state, config, mngr):
         f"step {first}: the loss or gradient norm is not finite; stopped without saving it ({good}). "
         "Lower optimizer.learning_rate, or set --config.nonfinite=skip to drop such steps")
   raise NonFiniteError(
-      f"{run} steps in a row up to step {int(state.step)} had a non-finite loss or gradient norm "
+      f"{run} steps in a row by step {int(state.step)} had a non-finite loss or gradient norm "
       f"(max_nonfinite_in_row={limit}); stopped ({good}). Lower optimizer.learning_rate")
 
 
@@ -376,6 +387,11 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
   task = config.get("task", "classification")
   builder = input_pipeline.get_builder(config.data, config.num_classes, task)
   splits = builder.info.splits
+  for split in (config.data.train_split, config.data.eval_split):
+    if split not in splits:
+      raise ValueError(f"{config.data.name} in {builder.data_dir} has no {split!r} split (it has "
+                       f"{', '.join(splits) or 'none'}): it was prepared without that split's "
+                       "files; delete that directory and prepare it again with them (docs/data.md)")
   train_split = splits[config.data.train_split]
 
   def make_plan(num_shards=None):
@@ -395,9 +411,7 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
         lambda x: jax.make_array_from_process_local_data(sharded, x), batch)
 
   # --- Model, optimiser and state (created directly with its sharding, never on one host first).
-  with config.unlocked():
-    config.dtype = plan.dtype
-  model = models.from_config(config)
+  model = models.from_config(config)  # dtype "auto" resolves there, as in a notebook restore.
   schedule = make_schedule(config, plan.steps_per_epoch, plan.peak_learning_rate)
   tx = make_optimizer(config, schedule)
   if config.get("nonfinite", "stop") not in NONFINITE:
@@ -414,6 +428,10 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
   # --- The data stream: a resume reads the stream its checkpoint recorded, or refuses.
   recorded = checkpoint.saved_stream(mngr) if state is not None else None
   if recorded and not config.data.get("num_shards"):
+    if recorded["num_shards"] % jax.process_count():
+      raise ValueError(f"{mngr.directory} was trained reading {recorded['num_shards']} data "
+                       f"streams, which {jax.process_count()} processes cannot share: resume on a "
+                       f"process count that divides {recorded['num_shards']}, or use a new --workdir")
     plan = make_plan(recorded["num_shards"])  # Keep the run's streams on another process count.
   with config.unlocked():
     config.data.num_shards = plan.num_shards

@@ -2,6 +2,10 @@
 import json
 import os
 import pathlib
+import subprocess
+import sys
+import threading
+import time
 
 import jax
 import numpy as np
@@ -65,3 +69,28 @@ def assert_same_training(workdir, reference, early_step):
   # same run reading its batches in another order: 1.3 and 2.3.
   assert ratios["params early"] < 5e-3 and ratios["batch_stats early"] < 5e-3, ratios
   assert ratios["params end"] < 0.25, ratios
+
+
+def launch_local(num_processes, cpu_devices_per_process, args, *, on_line=None, timeout=900):
+  """launch/local.py with these main `args`; (exit status, output, seconds).
+
+  on_line(line, launcher) sees each output line as it comes (e.g. to send a signal)."""
+  cmd = [sys.executable, "launch/local.py", f"--num_processes={num_processes}",
+         f"--cpu_devices_per_process={cpu_devices_per_process}", *args]
+  start = time.time()
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = []
+
+  def read():
+    for line in proc.stdout:
+      lines.append(line)
+      if on_line:
+        on_line(line, proc)
+  reader = threading.Thread(target=read)
+  reader.start()
+  try:
+    proc.wait(timeout=timeout)
+  finally:
+    proc.kill()
+    reader.join()
+  return proc.returncode, "".join(lines), time.time() - start

@@ -9,6 +9,7 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from helpers import assert_same_training, demo_config, saved_state
@@ -265,3 +266,18 @@ def test_all_processes_skip_a_checkpoint_only_one_could_not_read(tiny_run, data_
   assert gathers == [0, 0, 0, 0] and len(barriers) == 2
   [warning] = unreadable_warnings(caplog)
   assert f"step {newest} " in warning and "(meta: unreadable on process 0)" in warning
+
+
+def test_a_storage_outage_is_not_taken_for_damage_and_moves_nothing(
+    tiny_run, data_dir, tmp_path, monkeypatch):
+  workdir, (older, newest) = copy_of(tiny_run[0], tmp_path)
+  abstract = abstract_state_of(workdir, older)
+  before = snapshot(workdir)
+
+  def unavailable(*args, **kwargs):
+    raise ValueError("UNAVAILABLE: the storage service did not answer")  # As TensorStore says it.
+  monkeypatch.setattr(ocp.StandardCheckpointHandler, "restore", unavailable)
+  with checkpoint.manager(workdir) as mngr, pytest.raises(ValueError, match="UNAVAILABLE"):
+    checkpoint.restore_latest(mngr, abstract, demo_config(data_dir))
+  assert snapshot(workdir) == before and not os.path.exists(
+      os.path.join(workdir, checkpoint.UNREADABLE))

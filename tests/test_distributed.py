@@ -3,15 +3,11 @@ import functools
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
-import time
 
 import jax
 import pytest
 
-from helpers import REPO, assert_same_training, demo_config, metrics_lines, saved_state
+from helpers import assert_same_training, demo_config, launch_local, metrics_lines, saved_state
 from resizer_jax import train
 from resizer_jax.data import input_pipeline
 
@@ -76,30 +72,16 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_as_uninterrupted(
   assert_same_training(workdir, tiny_run[0], config.checkpoint_every_steps)
 
 
-def _launch(workdir, data_dir, stop_after_first_log=False, timeout=300):
+def _launch(workdir, data_dir, stop_after_first_log=False):
   """launch/local.py with 2 processes x 4 devices; (exit status, output, seconds)."""
-  cmd = [sys.executable, "launch/local.py", "--num_processes=2", "--cpu_devices_per_process=4",
-         "--config=configs/demo.py:tiny", f"--config.data.data_dir={data_dir}",
-         f"--workdir={workdir}"]
-  start = time.time()
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  lines = []
+  sent = []
 
-  def read():
-    nonlocal stop_after_first_log
-    for line in proc.stdout:
-      lines.append(line)
-      if stop_after_first_log and line.startswith("[0] step ") and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # As SLURM does: the launcher passes it on to both.
-        stop_after_first_log = False
-  reader = threading.Thread(target=read)
-  reader.start()
-  try:
-    proc.wait(timeout=timeout)
-  finally:
-    proc.kill()
-    reader.join()
-  return proc.returncode, "".join(lines), time.time() - start
+  def on_line(line, launcher):
+    if stop_after_first_log and not sent and line.startswith("[0] step "):
+      launcher.send_signal(signal.SIGTERM)  # As SLURM does: the launcher passes it on to both.
+      sent.append(line)
+  return launch_local(2, 4, ["--config=configs/demo.py:tiny", f"--config.data.data_dir={data_dir}",
+                             f"--workdir={workdir}"], on_line=on_line, timeout=300)
 
 
 def test_two_processes_over_gloo_train_as_one_and_survive_preemption(tiny_run, data_dir, tmp_path):

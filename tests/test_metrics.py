@@ -73,8 +73,9 @@ def test_whole_split_metrics_over_8_devices_with_padding_equal_scipy(replicated_
     total = m if total is None else total.merge(m)
   got = total.compute()
 
-  assert set(got) == {"emd", "accuracy", "plcc", "srcc", "std_lcc", "std_srcc", "skipped"}
-  assert got["skipped"] == 0
+  assert set(got) == {"emd", "accuracy", "plcc", "srcc", "std_lcc", "std_srcc", "skipped",
+                      "examples"}
+  assert got["skipped"] == 0 and got["examples"] == N  # The padding is not counted.
   want = expected(logits, distribution)
   # The per-example statistics kept: exactly the N real examples, in order, as float64 numpy has them.
   p = softmax(logits.astype(np.float64))

@@ -8,15 +8,11 @@ an uninterrupted 1 process x 64 devices run reading the same 4 streams.
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
-import time
 
 import psutil
 import pytest
 
-from helpers import REPO, assert_same_training, metrics_lines, saved_state
+from helpers import REPO, assert_same_training, launch_local, metrics_lines, saved_state
 from resizer_jax.data import imagenet_fixture
 from resizer_jax.data import input_pipeline
 from resizer_jax.config_args import load_config
@@ -51,34 +47,20 @@ def main_args(imagenet, workdir, *extra):
           f"--workdir={workdir}", *extra]
 
 
-def launch(processes, args, *, term_process=None, term_after_step=None, timeout=900):
+def launch(processes, args, *, term_process=None, term_after_step=None):
   """launch/local.py with `processes` x (64 / processes) devices; (exit status, output, seconds).
 
   With term_process: SIGTERM to that one process (not the launcher) once process 0 has logged
   step term_after_step."""
-  cmd = [sys.executable, "launch/local.py", f"--num_processes={processes}",
-         f"--cpu_devices_per_process={64 // processes}", *args]
-  start = time.time()
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  lines, sent = [], []
+  sent = []
 
-  def read():
-    for line in proc.stdout:
-      lines.append(line)
-      if (term_process is not None and not sent and
-          line.startswith(f"[0] step {term_after_step}/")):
-        child = next(c for c in psutil.Process(proc.pid).children()
-                     if f"--process_id={term_process}" in c.cmdline())
-        child.send_signal(signal.SIGTERM)
-        sent.append(child.pid)
-  reader = threading.Thread(target=read)
-  reader.start()
-  try:
-    proc.wait(timeout=timeout)
-  finally:
-    proc.kill()
-    reader.join()
-  return proc.returncode, "".join(lines), time.time() - start
+  def on_line(line, launcher):
+    if term_process is not None and not sent and line.startswith(f"[0] step {term_after_step}/"):
+      child = next(c for c in psutil.Process(launcher.pid).children()
+                   if f"--process_id={term_process}" in c.cmdline())
+      child.send_signal(signal.SIGTERM)
+      sent.append(child.pid)
+  return launch_local(processes, 64 // processes, args, on_line=on_line)
 
 
 def test_a_64_device_pod_preempted_on_one_host_resumes_on_fewer_hosts_and_ends_as_one_run(

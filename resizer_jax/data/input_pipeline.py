@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from resizer_jax import plan
 from resizer_jax.data import ava  # pylint: disable=unused-import  # Registers `ava`.
 from resizer_jax.data import demo  # pylint: disable=unused-import  # Registers `resizer_demo`.
 
@@ -363,9 +364,7 @@ def train_dataset(builder, data_config, *, global_batch: int, seed: int, start_s
   """
   processes = jax.process_count()
   num_shards = data_config.get("num_shards") or processes
-  if num_shards % processes or global_batch % num_shards:
-    raise ValueError(f"data.num_shards={num_shards} must be a multiple of the number of processes "
-                     f"({processes}) and divide batch_size={global_batch}")
+  plan.check_num_shards(num_shards, processes, global_batch)
   local_batch_size(global_batch)
   splits = tfds.even_splits(data_config.train_split, num_shards, drop_remainder=True)
   if not _num_examples(builder, splits[0]):
