@@ -16,9 +16,9 @@ fine-tuned jointly with it):
       --workdir=gs://BUCKET/runs/ava_inception_v2_learned
 
 Arguments: backbone=inception_v2|densenet121|efficientnet_b0 (the paper's three; any name in
-resizer_jax.models.BACKBONES works), resizer=learned|control|bicubic|bilinear|lanczos3|nearest|area,
-input=448 (the resizer's input), target=224 (the backbone's), antialias=false, seed=0, finetune
-(stage 2: the head comes from init_from too, and a 10x smaller learning rate).
+resizer_jax.models.BACKBONES works), resizer=learned|control|muller|bicubic|bilinear|lanczos3|
+nearest|area, input=448 (the resizer's input), target=224 (the backbone's), antialias=false, seed=0,
+finetune (stage 2: the head comes from init_from too, and a 10x smaller learning rate).
 
 Where it comes from. The paper (docs/paper.md): NIMA head, EMD r = 2, bicubic baseline, the
 backbone initialised from a fixed-resizer baseline and fine-tuned jointly with the resizer. NIMA, as
@@ -69,6 +69,9 @@ def get_config(arg=None):
       num_res_blocks=1,
       interpolation="bilinear",
       zero_init_tail=False,
+      # resizer=muller (the base resize is `interpolation`): its published weights by name
+      # (resizer_jax.models.resizer.MULLER_PRETRAINED: resnet50); None: zeros, the base resize.
+      muller_pretrained=ml_collections.config_dict.placeholder(str),
   )
   config.backbone = dict(name=arg["backbone"], dropout_rate=0.75)  # NIMA's dropout before the head.
   # Stage 1: an ImageNet run's backbone, whose 1000-way head does not fit (init_head=False).

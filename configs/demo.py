@@ -9,10 +9,10 @@ the label is which of four degradations (clean, blur, noise, jpeg) a 256 px crop
   python -m resizer_jax.main --config=configs/demo.py --workdir=runs/demo
   python -m resizer_jax.main --config=configs/demo.py:resizer=bilinear --workdir=runs/demo_bilinear
 
-Arguments (comma-separated): resizer=learned|control|bilinear|bicubic|lanczos3|nearest|area
-(control: the same layers applied after a bilinear downscale, see LearnedResizer.features_at_target),
-input=128, target=16, antialias=false, seed=0, tiny (12 steps on the 44-example `tiny` build, for
-tests).
+Arguments (comma-separated): resizer=learned|control|muller|bilinear|bicubic|lanczos3|nearest|area
+(control: the same layers applied after a bilinear downscale, see LearnedResizer.features_at_target;
+muller: MULLER's four parameters, see MullerResizer), input=128, target=16, antialias=false, seed=0,
+tiny (12 steps on the 44-example `tiny` build, for tests).
 """
 import ml_collections
 
@@ -49,11 +49,14 @@ def get_config(arg=None):
       name=arg["resizer"],
       output_size=(arg["target"], arg["target"]),
       antialias=arg["antialias"],
-      # Used by resizer=learned|control only.
+      # Used by resizer=learned|control only (interpolation by muller too).
       num_filters=16,
       num_res_blocks=1,
       interpolation="bilinear",
       zero_init_tail=False,
+      # resizer=muller (the base resize is `interpolation`): its published weights by name
+      # (resizer_jax.models.resizer.MULLER_PRETRAINED: resnet50); None: zeros, the base resize.
+      muller_pretrained=ml_collections.config_dict.placeholder(str),
   )
   config.backbone = dict(name="resnet_tiny")
   # Warm start: a run's workdir whose backbone (and head) initialise this one; the resizer starts

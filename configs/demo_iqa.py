@@ -11,9 +11,10 @@ rescales, so the degradations survive -- and the resizer takes them to `target` 
   python -m resizer_jax.main --config=configs/demo_iqa.py --workdir=runs/demo_iqa
   python -m resizer_jax.main --config=configs/demo_iqa.py:resizer=bicubic --workdir=runs/demo_iqa_bicubic
 
-Arguments (comma-separated): resizer=learned|control|bicubic|bilinear|lanczos3|nearest|area (bicubic is
-the paper's IQA baseline), input=128, target=16, antialias=false, seed=0, tiny (12 steps on the
-`ava/demo_tiny` build: 22 train / 8 test images, for tests).
+Arguments (comma-separated): resizer=learned|control|muller|bicubic|bilinear|lanczos3|nearest|area
+(bicubic is the paper's IQA baseline; muller: MULLER's four parameters, see MullerResizer),
+input=128, target=16, antialias=false, seed=0, tiny (12 steps on the `ava/demo_tiny` build: 22 train
+/ 8 test images, for tests).
 """
 import ml_collections
 
@@ -50,11 +51,14 @@ def get_config(arg=None):
       name=arg["resizer"],
       output_size=(arg["target"], arg["target"]),
       antialias=arg["antialias"],
-      # Used by resizer=learned|control only.
+      # Used by resizer=learned|control only (interpolation by muller too).
       num_filters=16,
       num_res_blocks=1,
       interpolation="bilinear",
       zero_init_tail=False,
+      # resizer=muller (the base resize is `interpolation`): its published weights by name
+      # (resizer_jax.models.resizer.MULLER_PRETRAINED: resnet50); None: zeros, the base resize.
+      muller_pretrained=ml_collections.config_dict.placeholder(str),
   )
   config.backbone = dict(name="resnet_tiny", dropout_rate=0.75)  # NIMA's dropout before the head.
   config.init_from = ml_collections.config_dict.placeholder(str)

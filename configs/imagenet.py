@@ -7,10 +7,12 @@ docs/data.md (preparing it, the exact preprocessing, corrupt files). On a pod: l
       --workdir=gs://BUCKET/runs/r50_learned_448
   python -m resizer_jax.main --config=configs/imagenet.py:resizer=bilinear,input=448 --workdir=...
 
-Arguments: backbone=resnet50 (see resizer_jax.models.BACKBONES), resizer=learned|control|bilinear|bicubic|
-lanczos3|nearest|area, input=224|256|320|368|448 (the resizer's input, i.e. the crop resolution),
-target=224 (the backbone's input), antialias=false, seed=0, finetune (the paper's 0.005 learning rate
-for a backbone initialised from a trained baseline).
+Arguments: backbone=resnet50 (see resizer_jax.models.BACKBONES), resizer=learned|control|muller|
+bilinear|bicubic|lanczos3|nearest|area (muller: MULLER, Tu et al. 2023, four parameters; its
+published ResNet-50 values with --config.resizer.muller_pretrained=resnet50),
+input=224|256|320|368|448 (the resizer's input, i.e. the crop resolution), target=224 (the
+backbone's input), antialias=false, seed=0, finetune (the paper's 0.005 learning rate for a backbone
+initialised from a trained baseline).
 
 The batch follows the hardware: `per_device_batch_size` (by input size, resizer_jax/config_args.py)
 times the device count, and the learning rate scales with it (0.05 at a global batch of 256).
@@ -55,6 +57,9 @@ def get_config(arg=None):
       num_res_blocks=1,
       interpolation="bilinear",
       zero_init_tail=False,
+      # resizer=muller (the base resize is `interpolation`): its published weights by name
+      # (resizer_jax.models.resizer.MULLER_PRETRAINED: resnet50); None: zeros, the base resize.
+      muller_pretrained=ml_collections.config_dict.placeholder(str),
   )
   config.backbone = dict(name=arg["backbone"])
   # Warm start: a run's workdir whose backbone (and head) initialise this one; the resizer starts

@@ -1,18 +1,26 @@
 """Benchmarks printing one JSON line; speed claims come from here, never from timed tests.
 
   python -m resizer_jax.bench --workload=train --input=448 --output=224 --batch=8 --backbone=resnet50
-  python -m resizer_jax.bench --workload=resizer --torch   # also runs ../shared/bench/torch_reference.py
+  python -m resizer_jax.bench --workload=train --resizer=learned,bilinear --torch --rounds=3
+  python -m resizer_jax.bench --workload=resizer --formulation=plain,s2d,pad4 --rounds=3
 
 Workloads: `resizer` (the learned resizer alone, fwd+bwd+SGD on mean(out**2), as the PyTorch
 reference does), `train` (the trainer's own jit train step on configs/imagenet.py with the given
-backbone/sizes), `input` (the tf.data train pipeline of --config alone: decode + augment + batch;
-e.g. --config=configs/imagenet.py:input=448 --data_dir=DIR, with DIR a fake ImageNet of ~500x375
-JPEGs from `python -m resizer_jax.data.imagenet_fixture`, see docs/data.md).
-With --torch the PyTorch reference runs in the same invocation, on the same machine, and the JSON
-carries its images/s and our ratio to it — compare ratios, not absolute times: machines are noisy.
---rounds=N alternates N timings of ours with N runs of the reference, so that both sample the same
-background load; the JSON also carries the load average before and after, and $XLA_FLAGS (e.g. the
-CPU's opt-in convolutions, docs/performance.md).
+resizer/backbone/sizes), `input` (the tf.data train pipeline of --config alone: decode + augment +
+batch; e.g. --config=configs/imagenet.py:input=448 --data_dir=DIR, with DIR a fake ImageNet of
+~500x375 JPEGs from `python -m resizer_jax.data.imagenet_fixture`, see docs/data.md).
+
+Variants: every --resizer (e.g. learned,bilinear: the JSON's `overhead_ratio` is the first one's
+images/s over bilinear's, same backbone, sizes, batch, dtype and devices) and, for the learned
+resizer, every --formulation of its full-resolution convolutions (models/conv.py; the JSON's
+`formulation_speedup` is each one's images/s over the first's). They compile in one process and are
+timed in turn in each of --rounds rounds, so that all sample the same background load; the
+top-level figures are the first variant's, the others are under `variants`.
+With --torch the PyTorch reference (`python -m resizer_jax.bench_torch`, same arguments, on the CPU
+or CUDA as JAX runs) runs once per round for each resizer, after ours, and the JSON carries its
+images/s and our ratio to it — compare ratios, not absolute times: machines are noisy. The JSON
+also carries the load average before and after, and $XLA_FLAGS (e.g. the CPU's opt-in
+convolutions, docs/performance.md).
 """
 import argparse
 import functools
@@ -33,10 +41,14 @@ import numpy as np
 import optax
 
 from resizer_jax import models
+from resizer_jax.models import conv
 from resizer_jax.config_args import load_config
 from resizer_jax import train
 
-TORCH_REFERENCE = os.path.join("..", "shared", "bench", "torch_reference.py")
+# The resizers resizer_jax.bench_torch has (imported only in its own process, with torch).
+TORCH_RESIZERS = ("learned", "bilinear")
+# The resizers built as models.LearnedResizer, whose convolutions take a formulation.
+FORMULATED = ("learned", "control")
 # Dense peak FLOP/s by device kind (spec sheets), for MFU off the CPU.
 PEAK_FLOPS = {"H100": {"bfloat16": 989e12, "float32": 494e12}, "H200": {"bfloat16": 989e12,
               "float32": 494e12}, "A100": {"bfloat16": 312e12, "float32": 156e12},
@@ -118,12 +130,38 @@ def matmul_flops(jaxpr) -> float:
   return total
 
 
-def setup_model(a):
-  """(compiled step, state, batch, compile s, model and XLA FLOPs per step) of resizer or train."""
-  config = load_config(f"{a.imagenet_config}:backbone={a.backbone},input={a.input},"
-                       f"target={a.output}")
+def _config(a, resizer: str, formulation: str | None):
+  config = load_config(f"{a.imagenet_config}:backbone={a.backbone},resizer={resizer},"
+                       f"input={a.input},target={a.output}")
   config.batch_size = a.batch
   config.dtype = a.dtype
+  if formulation is not None:
+    config.resizer.formulation = formulation
+  return config
+
+
+def _resizer_step(resizer, tx):
+  """The resizer alone, as the PyTorch reference's "resizer" workload: SGD on mean(out**2)."""
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state, x):
+    variables, opt_state = state
+    def loss_fn(params):
+      out, updates = resizer.apply({**variables, "params": params}, x, train=True,
+                                   mutable=["batch_stats"])
+      return jnp.mean(jnp.square(out.astype(jnp.float32))), updates
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    param_updates, opt_state = tx.update(grads, opt_state)
+    params = optax.apply_updates(variables["params"], param_updates)
+    return ({**variables, **updates, "params": params}, opt_state), loss
+  return step
+
+
+def setup_model(a, resizer: str, formulation: str | None):
+  """(compiled step, state, batch, compile s, model and XLA FLOPs per step) of resizer or train.
+
+  `formulation`: the learned resizer's (models.conv.FORMULATIONS), None for a fixed resizer.
+  """
+  config = _config(a, resizer, formulation)
   mesh = train.make_mesh()
   sharded = NamedSharding(mesh, P("data"))
   rng = np.random.default_rng(0)
@@ -136,38 +174,32 @@ def setup_model(a):
     init = train.make_init(model, tx, a.input)
     state_sharding = train.state_sharding(jax.eval_shape(init, jax.random.key(0)), mesh)
     state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(0))
-    step = train.jit_train_step(config, model, schedule, state_sharding, sharded)
+    make_step = lambda config: train.jit_train_step(config, models.from_config(config), schedule,
+                                                    state_sharding, sharded)
     batch = jax.device_put({"image": images, "label": rng.integers(0, 1000, a.batch),
                             "skipped": np.zeros(a.batch, np.int32)}, sharded)
-  else:  # The resizer alone, as the PyTorch reference's "resizer" workload.
-    resizer = model.resizer
+  else:
     x = jax.device_put(rng.standard_normal((a.batch, a.input, a.input, 3), np.float32), sharded)
-    variables = resizer.init(jax.random.key(0), x[:1])
+    variables = model.resizer.init(jax.random.key(0), x[:1])
     tx = optax.sgd(0.01, momentum=0.9)
     state = (variables, tx.init(variables["params"]))
-
-    @functools.partial(jax.jit, donate_argnums=0)
-    def step(state, x):
-      variables, opt_state = state
-      def loss_fn(params):
-        out, updates = resizer.apply({**variables, "params": params}, x, train=True,
-                                     mutable=["batch_stats"])
-        return jnp.mean(jnp.square(out.astype(jnp.float32))), updates
-      (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-      param_updates, opt_state = tx.update(grads, opt_state)
-      params = optax.apply_updates(variables["params"], param_updates)
-      return ({**variables, **updates, "params": params}, opt_state), loss
+    make_step = lambda config: _resizer_step(models.from_config(config).resizer, tx)
     batch = x
+  step = make_step(config)
   exe, compile_s, xla_flops = compiled(step, state, batch)
-  flops = matmul_flops(jax.make_jaxpr(step)(state, batch).jaxpr)
+  # Model FLOPs are the plain convolutions': the zero taps space-to-depth computes are no work of
+  # the model's. Every formulation has the same parameters, so it traces on the same state.
+  plain = step if formulation in (None, "plain") else make_step(_config(a, resizer, "plain"))
+  flops = matmul_flops(jax.make_jaxpr(plain)(state, batch).jaxpr)
   return exe, state, batch, compile_s, flops, xla_flops
 
 
-def model_result(a, step_times, compile_s, flops, xla_flops) -> dict:
+def model_result(a, resizer, formulation, step_times, compile_s, flops, xla_flops, peak) -> dict:
   step_s = statistics.median(step_times)
-  peak, peak_source = peak_flops(a.dtype)
+  peak, peak_source = peak
   achieved = flops / step_s
-  result = dict(impl="jax", workload=a.workload, input=a.input, output=a.output, batch=a.batch,
+  result = dict(impl="jax", workload=a.workload, resizer=resizer, formulation=formulation,
+                input=a.input, output=a.output, batch=a.batch,
                 backbone=a.backbone if a.workload == "train" else None, dtype=a.dtype,
                 devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
                 step_s=round(step_s, 4), images_per_s=round(a.batch / step_s, 3),
@@ -209,19 +241,78 @@ def bench_input(a) -> dict:
               images_per_s=round(a.batch * a.steps / dt, 3))
 
 
-def run_torch_reference(a) -> dict:
-  if not os.path.exists(a.torch_reference):
-    raise FileNotFoundError(f"--torch: no PyTorch reference at {a.torch_reference}")
-  cmd = [sys.executable, a.torch_reference, "--workload", a.workload, "--input", str(a.input),
-         "--output", str(a.output), "--batch", str(a.batch), "--steps", str(a.steps),
-         "--warmup", str(a.warmup)]
+def run_torch_reference(a, resizer: str) -> dict:
+  device = {"cpu": "cpu", "gpu": "cuda"}[jax.default_backend()]
+  cmd = [sys.executable, "-m", "resizer_jax.bench_torch", f"--workload={a.workload}",
+         f"--resizer={resizer}", f"--input={a.input}", f"--output={a.output}",
+         f"--batch={a.batch}", f"--steps={a.steps}", f"--warmup={a.warmup}",
+         f"--dtype={a.dtype}", f"--device={device}"]
   out = subprocess.run(cmd, capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def variants(a) -> list[tuple[str, str | None]]:
+  """(resizer, formulation) to time: every formulation for a learned resizer, none for the rest."""
+  formulations = list(dict.fromkeys(conv.resolve_formulation(f, jax.default_backend())
+                                    for f in a.formulation))
+  return [(r, f) for r in dict.fromkeys(a.resizer)
+          for f in (formulations if r in FORMULATED else (None,))]
+
+
+def _ratio(x, y):
+  return round(x / y, 3)
+
+
+def comparisons(todo, results, by_round, torch_runs) -> dict:
+  """The JSON's ratios between the variants, and to the reference's runs (resizer -> its JSONs)."""
+  out = {}
+  first = {}  # resizer -> its first variant, the one its ratios are quoted for
+  for i, (resizer, _) in enumerate(todo):
+    first.setdefault(resizer, i)
+  ours = {r: results[i]["images_per_s"] for r, i in first.items()}
+  lead = todo[0][0]
+  if len(ours) > 1:
+    out["images_per_s_by_resizer"] = ours
+  if "bilinear" in ours and lead != "bilinear":
+    # What the learned resizer costs: its step's speed over the bilinear baseline's.
+    out.update(overhead_pair=[lead, "bilinear"], overhead_ratio=_ratio(ours[lead], ours["bilinear"]),
+               overhead_ratio_by_round=[_ratio(x, y) for x, y in zip(by_round[first[lead]],
+                                                                     by_round[first["bilinear"]])])
+  # Each formulation's speed over the first's, for the first resizer that takes them.
+  formulated = [i for i, (_, f) in enumerate(todo) if f is not None]
+  same = [i for i in formulated if todo[i][0] == todo[formulated[0]][0]]
+  if len(same) > 1:
+    base = results[same[0]]["images_per_s"]
+    out.update(formulation_baseline=todo[same[0]][1],
+               images_per_s_by_formulation={todo[i][1]: results[i]["images_per_s"] for i in same},
+               formulation_speedup={todo[i][1]: _ratio(results[i]["images_per_s"], base)
+                                    for i in same})
+  if torch_runs:
+    theirs = {r: [run["images_per_s"] for run in runs] for r, runs in torch_runs.items()}
+    torch_ips = {r: statistics.median(x) for r, x in theirs.items()}
+    out.update(torch_images_per_s=round(torch_ips[lead], 3),
+               torch_threads=torch_runs[lead][0].get("threads"),
+               torch_device=torch_runs[lead][0].get("device"),
+               ratio_vs_torch=_ratio(ours[lead], torch_ips[lead]),
+               torch_images_per_s_by_round=theirs[lead],
+               ratio_by_round=[_ratio(x, y) for x, y in zip(by_round[0], theirs[lead])])
+    if len(torch_ips) > 1:
+      out.update(torch_images_per_s_by_resizer={r: round(x, 3) for r, x in torch_ips.items()},
+                 ratio_vs_torch_by_resizer={r: _ratio(ours[r], torch_ips[r]) for r in torch_ips})
+    if "overhead_pair" in out:
+      out["torch_overhead_ratio"] = _ratio(torch_ips[lead], torch_ips["bilinear"])
+  return out
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workload", choices=["resizer", "train", "input"], default="train")
+  p.add_argument("--resizer", type=lambda s: s.split(","), default=["learned"],
+                 help="comma-separated resizers (models.RESIZERS) timed in turn in each round; "
+                 "e.g. learned,bilinear for the learned resizer's overhead ratio")
+  p.add_argument("--formulation", type=lambda s: s.split(","), default=["auto"],
+                 help="comma-separated formulations of the learned resizer's full-resolution "
+                 f"convolutions: auto, {', '.join(conv.FORMULATIONS)}")
   p.add_argument("--input", type=int, default=448)
   p.add_argument("--output", type=int, default=224)
   p.add_argument("--batch", type=int, default=8)
@@ -230,38 +321,62 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=5, help="timed steps per round")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--rounds", type=int, default=1,
-                 help="with --torch: alternate this many timings of ours and of the reference")
+                 help="alternate this many timings of each variant (and runs of the reference)")
   p.add_argument("--config", default="configs/demo.py", help="for --workload=input")
   p.add_argument("--data_dir", help="for --workload=input: overrides the config's data.data_dir")
   p.add_argument("--manual_dir", help="for --workload=input: overrides data.manual_dir")
   p.add_argument("--imagenet_config", default="configs/imagenet.py", help="for resizer/train")
-  p.add_argument("--torch", action="store_true", help="also run the PyTorch reference, same args")
-  p.add_argument("--torch_reference", default=TORCH_REFERENCE)
+  p.add_argument("--torch", action="store_true",
+                 help="also run the PyTorch reference (python -m resizer_jax.bench_torch), same args")
   a = p.parse_args(argv)
   if a.workload == "input":
     result = bench_input(a)
     print(json.dumps(result))
     return result
+  for name in a.resizer:
+    if name not in models.RESIZERS:
+      p.error(f"unknown resizer {name!r}; valid: {', '.join(models.RESIZERS)}")
+    if a.workload == "resizer" and name in models.METHODS:
+      p.error(f"--workload=resizer trains the resizer alone, and {name} has no parameters; "
+              "compare resizers with --workload=train")
+    if a.torch and name not in TORCH_RESIZERS:
+      p.error(f"--torch: the PyTorch reference has no {name} resizer; it has "
+              f"{', '.join(TORCH_RESIZERS)}")
+  if a.torch and jax.default_backend() not in ("cpu", "gpu"):
+    p.error(f"--torch: the PyTorch reference runs on the CPU or CUDA, not {jax.default_backend()}")
+  try:
+    todo = variants(a)
+  except ValueError as e:
+    p.error(str(e))
 
   load_before = os.getloadavg()
-  exe, state, batch, compile_s, flops, xla_flops = setup_model(a)
-  rounds, torch_runs = [], []
-  for _ in range(a.rounds if a.torch else 1):
-    state, times = time_steps(exe, state, batch, a.warmup, a.steps)
-    rounds.append(times)
-    if a.torch:
-      torch_runs.append(run_torch_reference(a))
-  result = model_result(a, sum(rounds, []), compile_s, flops, xla_flops)
-  if a.torch:
-    ours = [a.batch / statistics.median(times) for times in rounds]
-    theirs = [r["images_per_s"] for r in torch_runs]
-    torch_ips = statistics.median(theirs)
-    result.update(torch_images_per_s=round(torch_ips, 3),
-                  torch_threads=torch_runs[0].get("threads"),
-                  ratio_vs_torch=round(result["images_per_s"] / torch_ips, 3), rounds=len(rounds),
-                  images_per_s_by_round=[round(x, 3) for x in ours],
-                  torch_images_per_s_by_round=theirs,
-                  ratio_by_round=[round(x / y, 3) for x, y in zip(ours, theirs)])
+  runs = [setup_model(a, resizer, formulation) for resizer, formulation in todo]
+  states = [state for _, state, *_ in runs]
+  rounds = [[] for _ in runs]
+  torch_runs = {r: [] for r in dict.fromkeys(a.resizer)} if a.torch else {}
+  for _ in range(a.rounds):
+    for i, (exe, _, batch, *_) in enumerate(runs):
+      states[i], times = time_steps(exe, states[i], batch, a.warmup, a.steps)
+      rounds[i].append(times)
+    for r, out in torch_runs.items():
+      out.append(run_torch_reference(a, r))
+  peak = peak_flops(a.dtype)
+  results = [model_result(a, resizer, formulation, sum(times, []), compile_s, flops, xla_flops,
+                          peak)
+             for (resizer, formulation), times, (_, _, _, compile_s, flops, xla_flops)
+             in zip(todo, rounds, runs)]
+  by_round = [[a.batch / statistics.median(t) for t in times] for times in rounds]
+  # The first variant's figures, under the keys a single one prints; the others beside them.
+  result = dict(results[0], rounds=a.rounds,
+                images_per_s_by_round=[round(x, 3) for x in by_round[0]])
+  if len(results) > 1:
+    result["peak_memory_source"] += " (all variants)"
+    result["variants"] = [
+        {k: r[k] for k in ("resizer", "formulation", "images_per_s", "step_s", "compile_s",
+                           "flops_per_image", "xla_flops_per_image", "mfu")} |
+        {"images_per_s_by_round": [round(x, 3) for x in ips]}
+        for r, ips in zip(results, by_round)]
+  result.update(comparisons(todo, results, by_round, torch_runs))
   result.update(loadavg_before=round(load_before[0], 2), loadavg_after=round(os.getloadavg()[0], 2),
                 cpus=os.cpu_count())
   print(json.dumps(result))

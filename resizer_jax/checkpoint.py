@@ -2,8 +2,9 @@
 
 `state` is the TrainState (step, params, batch_stats, opt_state, skipped); `meta` is JSON: the model signature
 (what must match to resume), the whole config (so a checkpoint is usable without its config file)
-and, when the trainer gives it, the identity of the train data stream
-(`input_pipeline.stream_identity`).
+and, when the trainer gives them, the identity of the train data stream
+(`input_pipeline.stream_identity`) and the dataset's class names (so that a notebook without the
+dataset can name the predictions).
 
 A checkpoint that cannot be read (truncated or missing files, garbage metadata) is moved aside to
 `workdir/checkpoints_unreadable/<step>` by `restore_latest`, which resumes from the newest readable
@@ -74,11 +75,14 @@ def check_same_model(saved: dict, wanted: dict, ckpt_dir: str):
                      "use a new --workdir, or the config it was trained with")
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, config, stream: dict | None = None):
+def save(mngr: ocp.CheckpointManager, step: int, state, config, stream: dict | None = None,
+         class_names=None):
   """Asynchronous: returns once the arrays are copied off the devices."""
   meta = {"model": model_signature(config), "config": json.loads(config.to_json_best_effort())}
   if stream is not None:
     meta["stream"] = stream
+  if class_names is not None:
+    meta["class_names"] = list(class_names)
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)))
 

@@ -9,15 +9,15 @@ Several processes (TPU pod workers, SLURM tasks, launch/local.py): each runs thi
 JAX_PROCESS_ID environment variables, for clusters jax cannot detect by itself).
 """
 import json
-import logging as std_logging
 import os
-import sys
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+
+from resizer_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and config.json go; rerunning the "
@@ -37,9 +37,6 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (not ne
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 
-# What a user can fix from the message alone: shown as one line, no traceback (unless --verbosity>=1).
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
-
 
 def _start_distributed():
   """jax.distributed.initialize() before any other JAX call, as it requires."""
@@ -57,25 +54,6 @@ def _start_distributed():
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def _quiet_libraries(record) -> bool:
-  # Their warnings are about their own internals (e.g. TFDS on an empty dataset folder); errors stay.
-  return record.levelno >= std_logging.ERROR or not any(
-      f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "tensorflow"))
-
-
-def _import_tensorflow_quietly():
-  """TensorFlow's C++ start-up lines (oneDNN, CPU features) go straight to fd 2 at import, before
-  any logging setting can apply; TF_CPP_MIN_LOG_LEVEL no longer silences them."""
-  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-  finally:
-    os.dup2(saved, 2)
-    os.close(devnull)
-    os.close(saved)
-
-
 def print_plan(config):
   from resizer_jax import plan  # pylint: disable=g-import-not-at-top
   from resizer_jax import train  # pylint: disable=g-import-not-at-top
@@ -91,14 +69,7 @@ def print_plan(config):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  verbose = FLAGS.verbosity >= 1
-  if not verbose:  # Orbax, TFDS and absl INFO chatter; the trainer prints its own lines.
-    logging.set_verbosity(logging.WARNING)
-    logging.get_absl_handler().addFilter(_quiet_libraries)
-    _import_tensorflow_quietly()
-  try:
+  with cli.command(argv) as verbose:
     if FLAGS.plan:
       print_plan(FLAGS.config)
       return
@@ -114,11 +85,6 @@ def main(argv):
       tfds.disable_progress_bar()
     logging.info("Config:\n%s", FLAGS.config)
     metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except USER_ERRORS as e:
-    if verbose:
-      raise
-    print(f"error: {e}  (--verbosity=1 shows the traceback)", file=sys.stderr, flush=True)
-    sys.exit(2)
   if jax.process_index() == 0:
     print(json.dumps({"workdir": FLAGS.workdir, **metrics}))
 

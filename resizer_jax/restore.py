@@ -3,6 +3,7 @@
   import resizer_jax
   run = resizer_jax.load("runs/demo")
   run.config.resizer, run.step
+  run.class_names                # the dataset's class names, in label order (None: it has none)
   small = run.resize(images)     # the resizer's output, in the images' own value convention
   logits = run.predict(images)   # resizer -> backbone
 
@@ -27,6 +28,9 @@ class Run:
   step: int
   variables: dict  # {"params": ..., "batch_stats": ...} as numpy arrays.
   model: Any
+  # Recorded at save time; None for a dataset without class names (IQA), or a checkpoint older
+  # than the record.
+  class_names: tuple[str, ...] | None = None
 
   def _pixels(self, images):
     """uint8 images as they are; float images are taken in [0, 1] and scaled to pixel units."""
@@ -59,4 +63,6 @@ def load(workdir: str, step: int | None = None) -> Run:
   step, state, meta = checkpoint.load(workdir, step)
   config = ml_collections.ConfigDict(meta["config"])
   variables = jax.device_get({k: state[k] for k in ("params", "batch_stats") if state.get(k)})
-  return Run(config=config, step=step, variables=variables, model=models.from_config(config))
+  names = meta.get("class_names")
+  return Run(config=config, step=step, variables=variables, model=models.from_config(config),
+             class_names=None if names is None else tuple(names))

@@ -440,9 +440,10 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
   if recorded:
     checkpoint.check_same_stream(recorded, stream, str(mngr.directory))
 
+  warm_started = state is None and bool(config.get("init_from"))
   if state is None:
     state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-    if config.get("init_from"):
+    if warm_started:
       # init_head=False: e.g. IQA's 10-way head on a backbone from an ImageNet run.
       state = checkpoint.warm_start(state, config.init_from,
                                     keep_fresh=() if config.get("init_head", True) else ("head",))
@@ -460,6 +461,9 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
   resizer_params = sum(x.size for x in jax.tree.leaves(abstract.params.get("resizer", {})))
   say(f"{describe(config)}; {params:,} parameters ({resizer_params:,} in the resizer)")
   say(f"workdir {workdir}: " + (f"resuming at step {start_step}" if start_step else "new run"))
+  if warm_started:
+    say(f"  backbone{'' if config.get('init_head', True) else ' (not its head)'} from "
+        f"{config.init_from}; the resizer starts fresh")
   for line in plan.lines():
     say("  " + line)
 
@@ -528,7 +532,8 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
                   model, jax.device_get(resizer_vars), sample, config))
         writer.write_scalars(step, scalars)
         if save:
-          checkpoint.save(mngr, step, state, config, stream=stream)
+          checkpoint.save(mngr, step, state, config, stream=stream,
+                          class_names=input_pipeline.class_names(builder))
           writer.flush()  # Remote metrics.jsonl is written with each checkpoint.
         last_log = (time.time(), step)
         if stop:

@@ -1,11 +1,20 @@
-"""`python -m resizer_jax.bench`: the figures it prints are the ones it claims to measure."""
+"""`python -m resizer_jax.bench`: the figures it prints are the ones it claims to measure, against a
+PyTorch reference (`resizer_jax.bench_torch`) of the same work."""
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from helpers import REPO
 from resizer_jax import bench
+from resizer_jax import models
 from resizer_jax import train
+from resizer_jax.models import conv
+
+TINY = ["--input=64", "--output=32", "--batch=8", "--steps=2", "--warmup=1",
+        f"--imagenet_config={REPO}/configs/imagenet.py"]
 
 
 def _conv(x, w, stride):
@@ -34,10 +43,10 @@ def test_bench_times_the_trainers_step_and_reports_consistent_figures(workload, 
   real_jit_train_step = train.jit_train_step
   monkeypatch.setattr(train, "jit_train_step",
                       lambda *a, **k: steps.append(1) or real_jit_train_step(*a, **k))
-  r = bench.main([f"--workload={workload}", f"--backbone={backbone}", "--input=64", "--output=32",
-                  "--batch=8", "--steps=2", "--warmup=1",
-                  f"--imagenet_config={REPO}/configs/imagenet.py"])
-  assert len(steps) == (workload == "train")
+  r = bench.main([f"--workload={workload}", f"--backbone={backbone}", *TINY])
+  # A formulation other than the plain one traces the plain step too, for the model FLOPs.
+  assert len(steps) == (workload == "train") * (1 + (conv.AUTO_FORMULATION["cpu"] != "plain"))
+  assert r["resizer"] == "learned" and r["formulation"] == conv.AUTO_FORMULATION["cpu"]
   assert r["devices"] == 8 and r["timed_steps"] == 2
   assert r["images_per_s"] == pytest.approx(8 / r["step_s"], rel=1e-2)
   # On the CPU, XLA's cost analysis sees every convolution: the model FLOPs (convolutions and
@@ -45,3 +54,82 @@ def test_bench_times_the_trainers_step_and_reports_consistent_figures(workload, 
   assert 0.8 * r["xla_flops_per_image"] < r["flops_per_image"] < 1.1 * r["xla_flops_per_image"]
   assert r["mfu"] == pytest.approx(r["achieved_flops_per_s"] / r["peak_flops_per_s"], abs=1e-4)
   assert 0 < r["mfu"] < 1 and r["compile_s"] > 0 and r["peak_memory_bytes"] > 0
+
+
+def test_bench_times_resizers_and_formulations_in_turn_each_round_with_the_reference(monkeypatch):
+  calls = []
+  real_time_steps = bench.time_steps
+  monkeypatch.setattr(bench, "time_steps",
+                      lambda exe, *a: calls.append(exe) or real_time_steps(exe, *a))
+  torch_ips = {"learned": 2.0, "bilinear": 8.0}
+  monkeypatch.setattr(bench, "run_torch_reference", lambda a, resizer: calls.append(resizer) or {
+      "images_per_s": torch_ips[resizer], "threads": 2, "device": "cpu"})
+  r = bench.main(["--workload=train", "--backbone=resnet_tiny", "--resizer=learned,bilinear",
+                  "--formulation=plain,s2d", "--rounds=2", "--torch", *TINY])
+
+  variants = [(v["resizer"], v["formulation"]) for v in r["variants"]]
+  assert variants == [("learned", "plain"), ("learned", "s2d"), ("bilinear", None)]
+  # Each round: our three steps, then the reference's two.
+  assert [c for c in calls if isinstance(c, str)] == ["learned", "bilinear"] * 2
+  assert [isinstance(c, str) for c in calls] == [False] * 3 + [True] * 2 + [False] * 3 + [True] * 2
+  assert len(set(c for c in calls if not isinstance(c, str))) == 3
+
+  learned, s2d, bilinear = r["variants"]
+  assert (r["resizer"], r["formulation"], r["images_per_s"]) == ("learned", "plain",
+                                                                 learned["images_per_s"])
+  assert r["images_per_s_by_resizer"] == {"learned": learned["images_per_s"],
+                                          "bilinear": bilinear["images_per_s"]}
+  assert r["overhead_pair"] == ["learned", "bilinear"]
+  assert r["overhead_ratio"] == pytest.approx(learned["images_per_s"] / bilinear["images_per_s"],
+                                              abs=2e-3)
+  assert len(r["overhead_ratio_by_round"]) == 2
+  assert r["formulation_speedup"]["s2d"] == pytest.approx(
+      s2d["images_per_s"] / learned["images_per_s"], abs=2e-3)
+  # Both formulations do the model's work; space-to-depth also computes zero taps.
+  assert s2d["flops_per_image"] == learned["flops_per_image"] > bilinear["flops_per_image"]
+  assert s2d["xla_flops_per_image"] > learned["xla_flops_per_image"]
+  assert r["torch_images_per_s_by_resizer"] == torch_ips and r["torch_overhead_ratio"] == 0.25
+  assert r["ratio_vs_torch"] == pytest.approx(learned["images_per_s"] / 2.0, abs=2e-3)
+  assert r["ratio_vs_torch_by_resizer"]["bilinear"] == pytest.approx(
+      bilinear["images_per_s"] / 8.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("args,error", [
+    (["--resizer=learned,bicubc"], "unknown resizer 'bicubc'"),
+    (["--workload=resizer", "--resizer=bilinear"], "bilinear has no parameters"),
+    (["--resizer=muller", "--torch"], "the PyTorch reference has no muller resizer"),
+    (["--formulation=plain,fast"], "unknown resizer formulation 'fast'; valid: auto, plain"),
+])
+def test_bench_refuses_what_it_cannot_time_in_one_line(args, error, capsys):
+  with pytest.raises(SystemExit):
+    bench.main(args)
+  assert error in capsys.readouterr().err
+
+
+def test_the_pytorch_reference_has_our_parameter_counts():
+  """The reference's resizer and ResNet-50 hold the same parameters as ours: they time the same work
+  (and stand for no smaller model)."""
+  from resizer_jax import bench_torch  # pylint: disable=g-import-not-at-top
+
+  def count(module, size):
+    variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    return sum(x.size for x in jax.tree.leaves(variables["params"]))
+
+  torch_count = lambda m: sum(p.numel() for p in m.parameters())
+  resizer = models.get_resizer("learned", output_size=16, antialias=False)
+  assert count(resizer, 32) == torch_count(bench_torch.LearnedResizer((16, 16))) == 12_035
+  assert (count(models.get_backbone("resnet50"), 32) == torch_count(bench_torch.ResNet50()) ==
+          25_557_032)
+  assert torch_count(bench_torch.make_model("train", "bilinear", (16, 16))) == 25_557_032
+
+
+def test_bench_runs_the_reference_cli_and_only_it_imports_torch():
+  r = bench.main(["--workload=resizer", "--input=32", "--output=16", "--batch=8", "--steps=1",
+                  "--warmup=1", "--torch", f"--imagenet_config={REPO}/configs/imagenet.py"])
+  assert r["torch_device"] == "cpu" and r["torch_images_per_s"] > 0
+  assert r["ratio_vs_torch"] == pytest.approx(r["images_per_s"] / r["torch_images_per_s"], rel=1e-2)
+  # The bench's process never imports torch: the package needs it only for the reference.
+  out = subprocess.run(
+      [sys.executable, "-c", "import sys, resizer_jax.bench; print('torch' in sys.modules)"],
+      capture_output=True, text=True, check=True, cwd=REPO)
+  assert out.stdout.split()[-1] == "False"

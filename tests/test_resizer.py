@@ -113,6 +113,8 @@ def test_area_is_the_mean_over_each_footprint():
 def test_get_resizer_by_name():
   assert isinstance(models.get_resizer("learned", output_size=8, antialias=False),
                     models.LearnedResizer)
+  muller = models.get_resizer("muller", output_size=8, antialias=False, pretrained="resnet50")
+  assert isinstance(muller, models.MullerResizer) and muller.pretrained == "resnet50"
   baseline = models.get_resizer("lanczos3", output_size=8, antialias=True)
   assert (baseline.method, baseline.antialias) == ("lanczos3", True)
   with pytest.raises(ValueError, match=r"unknown resizer 'bilenear'; valid: learned, control, bilinear"):

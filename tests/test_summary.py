@@ -17,3 +17,12 @@ def test_summary_separates_resizer_and_backbone_costs():
   # Its first 7x7 conv alone costs 2 * 64*64 * 7*7*3 * 16 FLOPs per image.
   assert learned[0]["flops"] > 2 * 64 * 64 * 147 * 16 > fixed[0]["flops"] > 0
   assert learned[1] == fixed[1]  # The same backbone at the same 16 px costs the same.
+
+
+def test_summary_of_muller_four_parameters_and_full_resolution_blurs():
+  muller = summary.summarize(load_config(f"{REPO}/configs/demo.py:input=64,target=16,"
+                                         "resizer=muller"))[0]
+  assert (muller["part"], muller["params"]) == ("resizer (muller)", 4)
+  # Two 5-tap passes per blur, two blurs, on every input pixel: 2 * 2 * 2 * 5 FLOPs each at least;
+  # far below the learned resizer's 7x7 convolution.
+  assert 2 * 64 * 64 * 147 * 16 > muller["flops"] > 40 * 64 * 64 * 3

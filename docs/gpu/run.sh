@@ -1,11 +1,35 @@
 #!/bin/bash
-# The GPU rows of docs/performance.md: our bench and the reference's CUDA port, same machine, in turn.
-# On a CUDA host with the project installed (pip install -e . plus the jax CUDA plugin) and torch.
-set -e
+# Issue #15's GPU rows of docs/performance.md in one call, under 10 minutes on one H200: ours and the
+# PyTorch reference (python -m resizer_jax.bench_torch) on the same GPU, in interleaved rounds.
+#   1. train step, learned vs bilinear resizer: images/s, overhead ratio, the reference's, MFU;
+#   2. the resizer alone under each formulation of its full-resolution convolutions (models/conv.py).
+# Needs a CUDA host with the project installed (pip install -e ".[torch]" plus the jax CUDA plugin).
+# JSON lines go to $OUT (or docs/gpu/) as gpu_<date>.jsonl; a markdown table is printed at the end.
+set -euo pipefail
 cd "$(dirname "$0")/../.."
-j() { python -m resizer_jax.bench "$@" --steps=20 --warmup=3; }
-t() { python docs/gpu/torch_cuda.py "$@"; }
-j --workload=train --dtype=bfloat16 --batch=256;   t --workload=train --dtype=bfloat16 --batch=256
-j --workload=resizer --dtype=bfloat16 --batch=256; t --workload=resizer --dtype=bfloat16 --batch=256
-j --workload=train --dtype=bfloat16 --batch=8;     t --workload=train --dtype=bfloat16 --batch=8
-j --workload=train --dtype=float32 --batch=256;    t --workload=train --dtype=float32 --batch=256
+out="${OUT:-docs/gpu}/gpu_$(date +%F_%H%M).jsonl"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out.gpu"
+b() { timeout 300 python -m resizer_jax.bench --dtype=bfloat16 --batch=256 --steps=20 --warmup=3 \
+        --rounds=2 --torch "$@" | tail -n 1 | tee -a "$out"; }
+# About 4 minutes: two compiles (about 50 s and 30 s) and four reference runs.
+b --workload=train --resizer=learned,bilinear
+# About 3 minutes: three compiles of the resizer step (about 30 s each) and two reference runs.
+b --workload=resizer --formulation=plain,s2d,pad8
+python - "$out" << 'PY'
+import json, sys
+print("| workload | device | dtype | batch | formulation | ours (img/s) | bilinear step (img/s) | "
+      "overhead ratio (ours; PyTorch) | PyTorch (img/s) | ratio | MFU |")
+print("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+for line in open(sys.argv[1]):
+  r = json.loads(line)
+  for v in r.get("variants", [r]):
+    if v["resizer"] == "bilinear":
+      continue
+    first = v["formulation"] == r["formulation"]
+    overhead = f"{r['overhead_ratio']}; {r['torch_overhead_ratio']}" if "overhead_ratio" in r else ""
+    torch = r["torch_images_per_s"]
+    print(f"| {r['workload']} | {r['device_kind']} | {r['dtype']} | {r['batch']} | "
+          f"{v['formulation']} | {v['images_per_s']} | "
+          f"{r.get('images_per_s_by_resizer', {}).get('bilinear', '') if first else ''} | "
+          f"{overhead if first else ''} | {torch} | {v['images_per_s'] / torch:.2f} | {v['mfu']} |")
+PY

@@ -44,6 +44,7 @@ import tensorflow_datasets as tfds
 from resizer_jax import plan
 from resizer_jax.data import ava  # pylint: disable=unused-import  # Registers `ava`.
 from resizer_jax.data import demo  # pylint: disable=unused-import  # Registers `resizer_demo`.
+from resizer_jax.data import image_folder
 
 TRAIN_PREPROCESS = ("crop_flip", "inception_crop", "resize_crop_flip")
 # How a train epoch orders its examples; recorded by stream_identity, so that a resume refuses a
@@ -52,7 +53,7 @@ TRAIN_PREPROCESS = ("crop_flip", "inception_crop", "resize_crop_flip")
 ORDER_SCHEME = 2
 READ_FILES = 16  # Files each train shard stream reads at once.
 # Registered by this package (imported above); tfds.list_builders() may not know them yet.
-OUR_DATASETS = ("resizer_demo", "ava")
+OUR_DATASETS = ("resizer_demo", "ava", "image_folder")
 # What a manual download must put in the manual dir before TFDS can prepare the dataset:
 # (required, optional) names, a trailing "/" for a directory.
 MANUAL_FILES = {
@@ -62,21 +63,32 @@ MANUAL_FILES = {
 DOCS = {"imagenet2012": "docs/data.md", "ava": "docs/iqa.md"}
 
 
-def _builder(name: str, data_dir):
-  """tfds.builder(name), with an unknown dataset or config refused in one line."""
+def _builder(data_config):
+  """tfds.builder(data.name), with an unknown dataset or config refused in one line; for
+  `image_folder:PATH`, that folder's builder (resizer_jax/data/image_folder.py)."""
+  name, data_dir = data_config.name, data_config.get("data_dir")
+  if name.startswith(image_folder.PREFIX) or name == image_folder.PREFIX[:-1]:
+    return image_folder.builder(name[len(image_folder.PREFIX):], data_dir, {
+        key: data_config[key] for key in ("train_split", "eval_split") if data_config.get(key)})
+
+  def unknown():
+    known = sorted(set(tfds.list_builders(with_community_datasets=False)) | set(OUR_DATASETS))
+    close = difflib.get_close_matches(name.partition(":")[0].partition("/")[0], known, n=5)
+    return ValueError(f"unknown dataset data.name={name!r}; close matches: "
+                      f"{', '.join(close) or 'none'} (tfds.list_builders() lists all "
+                      f"{len(known)})")
+
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.DatasetNotFoundError:  # Its message lists all ~450 datasets, a line each.
-    known = sorted(set(tfds.list_builders(with_community_datasets=False)) | set(OUR_DATASETS))
-    close = difflib.get_close_matches(name.partition(":")[0].partition("/")[0], known, n=5)
-    raise ValueError(f"unknown dataset data.name={name!r}; close matches: "
-                     f"{', '.join(close) or 'none'} (tfds.list_builders() lists all "
-                     f"{len(known)})") from None
+    raise unknown() from None
   except ValueError:
     dataset, _, config = name.partition(":")[0].partition("/")
     registered = dataset in tfds.list_builders(with_community_datasets=False)
-    configs = [c.name for c in tfds.builder_cls(dataset).BUILDER_CONFIGS] if registered else []
-    if config and registered and config not in configs:
+    if not registered:  # A name TFDS cannot parse, e.g. a typo before ":PATH": 20 lines of syntax.
+      raise unknown() from None
+    configs = [c.name for c in tfds.builder_cls(dataset).BUILDER_CONFIGS]
+    if config and config not in configs:
       raise ValueError(f"unknown config {config!r} of {dataset} in data.name={name!r}; valid: "
                        f"{', '.join(configs) or 'none (give the dataset name alone)'}") from None
     raise
@@ -129,25 +141,35 @@ def get_builder(data_config, num_classes: int | None = None, task: str | None = 
   data_dir) or build their own copy (a local one): never two writers on one directory.
 
   An unknown dataset or config is a ValueError; an unprepared dataset whose manual download is
-  missing a FileNotFoundError naming the directories and files, before anything is written.
+  missing a FileNotFoundError naming the directories and files, before anything is written; so is
+  an `image_folder:PATH` that cannot be used, or changed since it was prepared (image_folder.py).
   """
-  builder = _builder(data_config.name, data_config.get("data_dir"))
+  # All raise or none: process 0 must not wait for the others (a folder or manual download may be
+  # missing, or differ, on one host only).
+  try:
+    builder, error = _builder(data_config), None
+    missing = _missing_manual_download(builder, data_config) if prepare else None
+    if missing:
+      error = FileNotFoundError(missing)
+  except (ValueError, FileNotFoundError) as e:
+    if not prepare or jax.process_count() == 1:
+      raise
+    error = e
+  if prepare and jax.process_count() > 1:
+    elsewhere = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
+    if error is None and elsewhere.any():
+      error = FileNotFoundError(f"{data_config.name} cannot be prepared on process "
+                                f"{', '.join(map(str, np.flatnonzero(elsewhere)))} (see its error)")
+  if error:
+    raise error
 
   def prepared():
-    builder = tfds.builder(data_config.name, data_dir=data_config.get("data_dir"))
+    builder = _builder(data_config)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=data_config.get("manual_dir")))
     return builder
 
   if prepare:
-    missing = _missing_manual_download(builder, data_config)
-    if jax.process_count() > 1:  # All raise or none: process 0 must not wait for the others.
-      elsewhere = np.asarray(multihost_utils.process_allgather(np.int32(missing is not None)))
-      if missing is None and elsewhere.any():
-        missing = (f"{data_config.name}'s manual download is missing on process "
-                   f"{', '.join(map(str, np.flatnonzero(elsewhere)))} (see its error)")
-    if missing:
-      raise FileNotFoundError(missing)
     if jax.process_count() == 1:
       builder = prepared()
     else:
@@ -164,8 +186,17 @@ def get_builder(data_config, num_classes: int | None = None, task: str | None = 
   else:
     width = getattr(features["label"], "num_classes", num_classes)
   if num_classes is not None and width != num_classes:
-    raise ValueError(f"config.num_classes={num_classes} but {data_config.name} has {width} classes")
+    names = class_names(builder) or ()
+    listed = f" ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})" if names else ""
+    raise ValueError(f"config.num_classes={num_classes} but {data_config.name} has {width} classes"
+                     f"{listed}: set --config.num_classes={width}")
   return builder
+
+
+def class_names(builder) -> tuple[str, ...] | None:
+  """The names of the label's classes (index order); None for a dataset without a ClassLabel."""
+  label = builder.info.features["label"] if "label" in builder.info.features else None
+  return tuple(label.names) if isinstance(label, tfds.features.ClassLabel) else None
 
 
 def _decode(example):
@@ -385,13 +416,17 @@ def stream_identity(builder, data_config, *, global_batch: int, seed: int, num_s
   a run resumed with another identity would silently train on other batches than it began with."""
   split = data_config.train_split
   config = builder.builder_config
-  return {"dataset": builder.name + (f"/{config.name}" if config else ""),
-          "version": str(builder.version), "split": split,
-          "num_examples": int(_num_examples(builder, split)), "global_batch": int(global_batch),
-          "num_shards": int(num_shards), "seed": int(seed),
-          "shuffle_buffer": int(data_config.shuffle_buffer), "order_scheme": ORDER_SCHEME,
-          "train_preprocess": data_config.train_preprocess,
-          "input_size": int(data_config.input_size)}
+  identity = {"dataset": builder.name + (f"/{config.name}" if config else ""),
+              "version": str(builder.version), "split": split,
+              "num_examples": int(_num_examples(builder, split)), "global_batch": int(global_batch),
+              "num_shards": int(num_shards), "seed": int(seed),
+              "shuffle_buffer": int(data_config.shuffle_buffer), "order_scheme": ORDER_SCHEME,
+              "train_preprocess": data_config.train_preprocess,
+              "input_size": int(data_config.input_size)}
+  # An image folder prepared again after a change keeps its name and version: its contents differ.
+  if "fingerprint" in (builder.info.metadata or {}):
+    identity["fingerprint"] = builder.info.metadata["fingerprint"]
+  return identity
 
 
 def eval_dataset(builder, data_config, *, global_batch: int):

@@ -11,7 +11,7 @@ from resizer_jax.models.densenet import DenseNet
 from resizer_jax.models.efficientnet import EfficientNet
 from resizer_jax.models.inception_v2 import InceptionV2
 from resizer_jax.models.mobilenet_v2 import MobileNetV2
-from resizer_jax.models.resizer import FixedResizer, LearnedResizer, METHODS, RESIZERS, get_resizer, resize
+from resizer_jax.models.resizer import FixedResizer, LearnedResizer, METHODS, MullerResizer, RESIZERS, get_resizer, resize
 from resizer_jax.models.resnet import ResNet
 
 # name -> constructor taking num_classes (and dtype). Widths/depths are the published ones.
@@ -94,10 +94,15 @@ def from_config(config) -> ResizedModel:
                      f"{config.num_classes}")
   dtype = jnp.dtype(plan.compute_dtype(config, jax.default_backend()))  # "auto": by platform.
   r = config.resizer
-  resizer_kwargs = dict(num_filters=r.num_filters, num_res_blocks=r.num_res_blocks,
-                        interpolation=r.interpolation, zero_init_tail=r.zero_init_tail, dtype=dtype)
+  learned = dict(num_filters=r.num_filters, num_res_blocks=r.num_res_blocks,
+                 formulation=r.get("formulation", "auto"),
+                 interpolation=r.interpolation, zero_init_tail=r.zero_init_tail, dtype=dtype)
+  # MULLER learns in [0, 1] pixels: it undoes `normalize` inside (see MullerResizer).
+  muller = dict(interpolation=r.interpolation, pretrained=r.get("muller_pretrained"),
+                pixel_mean=MEAN_RGB, pixel_std=STDDEV_RGB, dtype=dtype)
+  resizer_kwargs = {"learned": learned, "control": learned, "muller": muller}.get(r.name, {})
   resizer = get_resizer(r.name, output_size=r.get("output_size"), scale=r.get("scale"),
-                        antialias=r.antialias, **(resizer_kwargs if r.name in ("learned", "control") else {}))
+                        antialias=r.antialias, **resizer_kwargs)
   name, options = config.backbone.name, backbone_options(config.backbone)
   if name in BACKBONES:
     module = getattr(BACKBONES[name], "func", BACKBONES[name])  # Past functools.partial.

@@ -1,4 +1,5 @@
-"""The learned resizer of Talebi & Milanfar (ICCV 2021, Fig. 3) and the fixed baselines it replaces.
+"""The learned resizer of Talebi & Milanfar (ICCV 2021, Fig. 3), MULLER (Tu, Talebi & Milanfar,
+ICCV 2023) and the fixed baselines they replace.
 
 Every resizer is a Flax module called as ``module.apply(variables, images_nhwc, train=...)`` that maps
 images of any size to ``output_size`` (or to ``scale`` times the input size), down or up, any aspect
@@ -14,12 +15,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resizer_jax.models.conv import pointwise_conv
+from resizer_jax.models.conv import FORMULATIONS, pointwise_conv, resolve_formulation
 
 # Interpolations of the fixed resizers. "area" is the box filter over each output pixel's footprint
 # (tf.image.resize "area"); it always integrates, so `antialias` does not change it.
 METHODS = ("bilinear", "bicubic", "lanczos3", "lanczos5", "nearest", "area")
-RESIZERS = ("learned", "control") + METHODS
+RESIZERS = ("learned", "control") + METHODS + ("muller",)
+
+# MULLER's published parameters by name: (weight_1, bias_1, weight_2, bias_2, ...), for pixels in
+# [0, 1]. "resnet50": the official demo notebook's (google-research muller/muller_demo.ipynb),
+# trained in front of ResNet-50 on ImageNet.
+MULLER_PRETRAINED = {"resnet50": (1.892, -0.014, -11.295, 0.003)}
 
 
 def check_method(method: str) -> str:
@@ -195,6 +201,9 @@ class LearnedResizer(nn.Module):
     features_at_target: the capacity control (resizer name "control"): resize first, then apply
       the very same layers (same parameter count) at the target resolution. It tells whether a gain
       comes from learned features at full resolution or merely from the extra parameters.
+    formulation: how the full-resolution 7x7 convolutions are computed, a name in
+      models.conv.FORMULATIONS, or "auto" for the platform's fastest as measured
+      (models.conv.AUTO_FORMULATION). All compute the same function from the same parameters.
   """
   output_size: Any = None
   scale: Any = None
@@ -204,6 +213,7 @@ class LearnedResizer(nn.Module):
   antialias: bool = False
   zero_init_tail: bool = False
   features_at_target: bool = False
+  formulation: str = "auto"
   bn_momentum: float = 0.9  # PyTorch's momentum=0.1, as in the public ports.
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
@@ -224,7 +234,9 @@ class LearnedResizer(nn.Module):
     if self.features_at_target:
       x = skip
       size = lambda h: h
-    h = nn.leaky_relu(conv(n, (7, 7), name="stem_conv7x7")(x), 0.2)
+    conv7x7 = functools.partial(conv, conv_general_dilated=FORMULATIONS[
+        resolve_formulation(self.formulation, jax.default_backend())])
+    h = nn.leaky_relu(conv7x7(n, (7, 7), name="stem_conv7x7")(x), 0.2)
     h = nn.leaky_relu(conv(n, (1, 1), conv_general_dilated=pointwise_conv, name="stem_conv1x1")(h),
                       0.2)
     b = ResizedBatchNorm(use_running_average=not train, momentum=self.bn_momentum,
@@ -234,15 +246,120 @@ class LearnedResizer(nn.Module):
       h = ResBlock(n, conv, norm, name=f"res_block{i}")(h)
     h = norm(name="mid_bn")(conv(n, (3, 3), use_bias=False, name="mid_conv3x3")(h))
     tail_init = nn.initializers.zeros if self.zero_init_tail else nn.linear.default_kernel_init
-    h = conv(3, (7, 7), kernel_init=tail_init, name="tail_conv7x7")(h + b)
+    h = conv7x7(3, (7, 7), kernel_init=tail_init, name="tail_conv7x7")(h + b)
     return h + skip
 
 
-def get_resizer(name: str, *, output_size=None, scale=None, antialias: bool, **learned_kwargs):
-  """The resizer called `name` (see RESIZERS); `learned_kwargs` go to learned/control only."""
+def gaussian_taps(size: int, stddev: float) -> np.ndarray:
+  """The normalised 1-D Gaussian of `size` taps."""
+  x = np.arange(size) - size // 2
+  taps = np.exp(-x**2 / (2.0 * stddev**2))
+  return taps / taps.sum()
+
+
+def gaussian_blur(x: jax.Array, taps: np.ndarray) -> jax.Array:
+  """The separable blur of NHWC `x` with zero padding: tf.nn.depthwise_conv2d(padding="SAME") with
+  these taps along W then H, as MULLER's official code blurs."""
+  radius = len(taps) // 2
+  for axis in (2, 1):
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (radius, radius)
+    padded = jnp.pad(x, pad)
+    n = x.shape[axis]
+    # Shifted slices rather than a depthwise conv, which XLA:CPU runs 14x slower (two blurs forward
+    # and backward, 8 x 448^2: 7.1 s vs 0.49 s). Fusing them, XLA recomputes some: its cost
+    # analysis counts 90 FLOPs per pixel for two blurs in a row, not 2 x 18.
+    x = sum(jax.lax.slice_in_dim(padded, k, k + n, axis=axis) * x.dtype.type(t)
+            for k, t in enumerate(taps))
+  return x
+
+
+class MullerResizer(nn.Module):
+  """MULLER: the base resize plus `num_layers` resized Laplacian bands, each through a tanh with one
+  weight and one bias shared by all channels and pixels (four parameters at the default).
+
+    net = resize(p); for each layer l: blurred = G * p; net += tanh(w_l resize(blurred - p) + b_l);
+    p = blurred
+
+  G is the normalised `kernel_size`-tap Gaussian of `stddev`, zero-padded at the border, at the
+  input resolution; resize is `interpolation` (bilinear without antialias in the paper). The
+  official layer's `avg_pool` option (off in its demo) is left out.
+
+  Pixel range: the bands are taken and the tanh terms added in [0, 1] pixels, as in the official
+  code (its demo divides pixels by 255): the range sets the scale of tanh's input and output, and
+  the zero padding is black there, so the published weights (MULLER_PRETRAINED) mean something only
+  in it. The input arrives standardised, x = (255 p - pixel_mean) / pixel_std (models.normalize;
+  from_config passes its statistics; the defaults take x = p), and the output is in x's units:
+  resize(x) + (255 / pixel_std) * sum_l tanh(...), which is the official MULLER applied to p and
+  then standardised, exactly (every resize here is linear with weights summing to one). A fresh
+  MULLER (all zeros) is therefore exactly the base resize.
+
+  Attributes:
+    output_size: (height, width) or an int for a square output; or None when `scale` is given.
+    scale: output size as a factor of the input size (a float or an (h, w) pair).
+    num_layers: the number of Laplacian bands.
+    kernel_size, stddev: the Gaussian blur.
+    interpolation, antialias: the base resize, also applied to every band.
+    pretrained: a name in MULLER_PRETRAINED to start from, or None for zeros.
+    pixel_mean, pixel_std: per-channel, in [0, 255] units: how the input was standardised.
+    dtype: the output's; parameters and computation are float32.
+  """
+  output_size: Any = None
+  scale: Any = None
+  num_layers: int = 2
+  kernel_size: int = 5
+  stddev: float = 1.0
+  interpolation: str = "bilinear"
+  antialias: bool = False
+  pretrained: str | None = None
+  pixel_mean: Sequence[float] = (0.0, 0.0, 0.0)
+  pixel_std: Sequence[float] = (255.0, 255.0, 255.0)
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    # Here rather than at init: a bad name fails where the model is built, outside any trace.
+    if self.pretrained is not None:
+      if self.pretrained not in MULLER_PRETRAINED:
+        raise ValueError(f"unknown MULLER weights {self.pretrained!r}; valid: "
+                         f"{', '.join(MULLER_PRETRAINED)}")
+      if len(MULLER_PRETRAINED[self.pretrained]) != 2 * self.num_layers:
+        raise ValueError(f"MULLER weights {self.pretrained!r} have "
+                         f"{len(MULLER_PRETRAINED[self.pretrained]) // 2} layers, not "
+                         f"num_layers={self.num_layers}")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    check_method(self.interpolation)
+    init = MULLER_PRETRAINED[self.pretrained] if self.pretrained else (0.0,) * (2 * self.num_layers)
+    size = functools.partial(resize, out_hw=target_size(x.shape[1:3], self.output_size, self.scale),
+                             method=self.interpolation, antialias=self.antialias)
+    # float32 whatever the model's dtype: the bands are differences of nearly equal pixels, which
+    # bfloat16's 8 bits swamp (with the ResNet-50 weights, 0.3 standardised units off).
+    x = x.astype(jnp.float32)
+    std = np.asarray(self.pixel_std, np.float64)
+    p = x * (std / 255).astype(np.float32) + (np.asarray(self.pixel_mean) / 255).astype(np.float32)
+    taps = gaussian_taps(self.kernel_size, self.stddev)
+    bands = 0
+    for layer in range(1, self.num_layers + 1):
+      w0, b0 = init[2 * layer - 2:2 * layer]
+      weight = self.param(f"weight_{layer}", nn.initializers.constant(w0), (), jnp.float32)
+      bias = self.param(f"bias_{layer}", nn.initializers.constant(b0), (), jnp.float32)
+      blurred = gaussian_blur(p, taps)
+      bands = bands + jnp.tanh(weight * size(blurred - p) + bias)
+      p = blurred
+    return (size(x) + bands * (255 / std).astype(np.float32)).astype(self.dtype)
+
+
+def get_resizer(name: str, *, output_size=None, scale=None, antialias: bool, **kwargs):
+  """The resizer called `name` (see RESIZERS); `kwargs` go to learned/control (LearnedResizer) and
+  muller (MullerResizer) only."""
   if name in ("learned", "control"):
     return LearnedResizer(output_size=output_size, scale=scale, antialias=antialias,
-                          features_at_target=name == "control", **learned_kwargs)
+                          features_at_target=name == "control", **kwargs)
+  if name == "muller":
+    return MullerResizer(output_size=output_size, scale=scale, antialias=antialias, **kwargs)
   if name in METHODS:
     return FixedResizer(output_size=output_size, scale=scale, method=name, antialias=antialias)
   raise ValueError(f"unknown resizer {name!r}; valid: {', '.join(RESIZERS)}")
