@@ -72,6 +72,9 @@ def get_config(arg=None):
       # resizer=muller (the base resize is `interpolation`): its published weights by name
       # (resizer_jax.models.resizer.MULLER_PRETRAINED: resnet50); None: zeros, the base resize.
       muller_pretrained=ml_collections.config_dict.placeholder(str),
+      # How the learned resizer's full-resolution convolutions are computed (models/conv.py);
+      # "auto": the fastest measured on this platform. The same parameters and outputs under each.
+      formulation="auto",
   )
   config.backbone = dict(name=arg["backbone"], dropout_rate=0.75)  # NIMA's dropout before the head.
   # Stage 1: an ImageNet run's backbone, whose 1000-way head does not fit (init_head=False).

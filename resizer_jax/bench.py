@@ -41,9 +41,9 @@ import numpy as np
 import optax
 
 from resizer_jax import models
-from resizer_jax.models import conv
 from resizer_jax.config_args import load_config
 from resizer_jax import train
+from resizer_jax.models import conv
 
 # The resizers resizer_jax.bench_torch has (imported only in its own process, with torch).
 TORCH_RESIZERS = ("learned", "bilinear")

@@ -54,9 +54,12 @@ def manager(workdir: str, max_to_keep: int | None = None, create: bool = False):
 
 
 def model_signature(config) -> dict:
-  """What makes two checkpoints the same model; restoring across a difference is refused."""
+  """What makes two checkpoints the same model; restoring across a difference is refused.
+
+  Not the resizer's `formulation`: every one computes the same function of the same parameters."""
+  resizer = {k: v for k, v in config.resizer.items() if k != "formulation"}
   return json.loads(ml_collections.ConfigDict({
-      "resizer": config.resizer, "backbone": config.backbone,
+      "resizer": resizer, "backbone": config.backbone,
       "num_classes": config.num_classes}).to_json_best_effort())
 
 

@@ -7,6 +7,7 @@ each session, compiles each of them once. A cache hit is the same executable a c
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 
 # Must happen before jax is imported anywhere.
@@ -17,6 +18,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="resizer_jax_xla_cache_")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
   os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+# Once TensorFlow is loaded, importing triton (torchvision -> torch._dynamo -> triton) segfaults in
+# this environment; the tests run torch on the CPU and never need it, and then torch does without.
+sys.modules.setdefault("triton", None)
 
 import pytest  # pylint: disable=g-import-not-at-top
 

@@ -8,8 +8,8 @@ CITED = re.compile(r"(?<![\w/.])(?:\.\./shared/[\w./-]+|(?:docs|configs|resizer_
 # Cited on purpose although not in the repository, with the reason.
 NOT_FILES = {
     "configs/x.py": "the placeholder in the config-argument syntax",
-    # The bench's PyTorch reference moves into the repository with the accelerator-speed issue (#15).
-    "../shared/bench/torch_reference.py": "the bench's default --torch_reference",
+    # docs/performance.md's older figures came from it; resizer_jax/bench_torch.py replaces it.
+    "../shared/bench/torch_reference.py": "where the PyTorch reference came from (history)",
 }
 
 
