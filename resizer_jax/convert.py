@@ -39,11 +39,6 @@ from resizer_jax.models.efficientnet import MBCONV_SETTING
 from resizer_jax.models.mobilenet_v2 import INVERTED_RESIDUAL_SETTING
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("source", None, "Where the weights come from: torchvision.")
-flags.DEFINE_string("backbone", None, "resnet50, mobilenet_v2, densenet121 or efficientnet_b0.")
-flags.DEFINE_string("weights", None, "The state dict: .safetensors, or .pth/.pt (needs torch).")
-flags.DEFINE_string("workdir", None, "The run directory to create (absent or empty).")
-flags.mark_flags_as_required(["source", "backbone", "weights", "workdir"])
 
 SOURCES = ("torchvision",)
 # torchvision's eval transform: resize to 256, centre crop 224.
@@ -276,6 +271,16 @@ def convert(source: str, backbone: str, weights: str, workdir: str):
   return config
 
 
+def _define_flags():
+  # Only when run as a program: the tests import several command modules, each with its own
+  # --workdir, into one process.
+  flags.DEFINE_string("source", None, "Where the weights come from: torchvision.")
+  flags.DEFINE_string("backbone", None, "resnet50, mobilenet_v2, densenet121 or efficientnet_b0.")
+  flags.DEFINE_string("weights", None, "The state dict: .safetensors, or .pth/.pt (needs torch).")
+  flags.DEFINE_string("workdir", None, "The run directory to create (absent or empty).")
+  flags.mark_flags_as_required(["source", "backbone", "weights", "workdir"])
+
+
 def main(argv):
   with cli.command(argv, tensorflow=False):  # Nothing here loads TensorFlow.
     config = convert(FLAGS.source, FLAGS.backbone, FLAGS.weights, FLAGS.workdir)
@@ -284,4 +289,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -35,11 +35,6 @@ from resizer_jax import models
 from resizer_jax import restore
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The run directory (a --workdir of resizer_jax.main).")
-flags.DEFINE_string("what", None, "model (resizer -> backbone logits) or resizer (its output).")
-flags.DEFINE_string("out", None, "The directory to create (absent or empty).")
-flags.DEFINE_integer("step", None, "The checkpoint to export (default: the latest).")
-flags.mark_flags_as_required(["workdir", "what", "out"])
 
 WHAT = ("model", "resizer")
 OUTPUT_NAME = {"model": "logits", "resizer": "resized"}
@@ -159,6 +154,16 @@ def _size(path: str) -> int:
   return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
+def _define_flags():
+  # Only when run as a program: the tests import several command modules, each with its own
+  # --workdir, into one process.
+  flags.DEFINE_string("workdir", None, "The run directory (a --workdir of resizer_jax.main).")
+  flags.DEFINE_string("what", None, "model (resizer -> backbone logits) or resizer (its output).")
+  flags.DEFINE_string("out", None, "The directory to create (absent or empty).")
+  flags.DEFINE_integer("step", None, "The checkpoint to export (default: the latest).")
+  flags.mark_flags_as_required(["workdir", "what", "out"])
+
+
 def main(argv):
   with cli.command(argv):
     info = export(FLAGS.workdir, FLAGS.what, FLAGS.out, FLAGS.step)
@@ -168,4 +173,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
