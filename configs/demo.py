@@ -12,6 +12,9 @@ the label is which of four degradations (clean, blur, noise, jpeg) a 256 px crop
 Arguments (comma-separated): resizer=learned|control|muller|bilinear|bicubic|lanczos3|nearest|area
 (control: the same layers applied after a bilinear downscale, see LearnedResizer.features_at_target;
 muller: MULLER's four parameters, see MullerResizer), input=128, target=16, antialias=false, seed=0,
+epochs=12, eval_every=100 (steps; 0: at the end only), ema=0 (decay of the parameters' EMA that eval
+uses; 0: none), recompute=0 (train batches to recompute BatchNorm statistics over before each eval;
+0: the running ones), variants (the last eval also reports every eval variant; docs/evaluation.md),
 tiny (12 steps on the 44-example `tiny` build, for tests).
 """
 import ml_collections
@@ -21,7 +24,8 @@ from resizer_jax import config_args
 
 def get_config(arg=None):
   arg = config_args.parse_arg(arg, resizer="learned", input=128, target=16, antialias=False, seed=0,
-                              tiny=False)
+                              ema=0.0, recompute=0, variants=False, eval_every=100,
+                              epochs=12.0, tiny=False)
   config = ml_collections.ConfigDict()
   config.seed = arg["seed"]
   config.dtype = "float32"
@@ -71,7 +75,7 @@ def get_config(arg=None):
   config.mesh = (("data", -1),)
   config.batch_size = 16 if arg["tiny"] else 32
   config.eval_batch_size = 16 if arg["tiny"] else 64
-  config.num_epochs = 12.0
+  config.num_epochs = arg["epochs"]
   config.num_train_steps = 12 if arg["tiny"] else 0  # 0: num_epochs decides.
   # Not the paper's SGD: from scratch on ~1k images, SGD (lr 0.05 or 0.01) stays near chance for
   # the few hundred steps a CPU demo affords, where AdamW learns. configs/imagenet.py uses SGD.
@@ -87,22 +91,28 @@ def get_config(arg=None):
   )
 
   config.log_every_steps = 4 if arg["tiny"] else 20
-  config.eval_every_steps = 6 if arg["tiny"] else 100
+  config.eval_every_steps = 6 if arg["tiny"] else arg["eval_every"]  # 0: at the end only.
   config.checkpoint_every_steps = 6 if arg["tiny"] else 100
   config.max_checkpoints_to_keep = 3
   config.num_pictures = 4  # Eval images shown as original | baseline | learned.
+  config_args.evaluation(config, ema_decay=arg["ema"], bn_recompute_batches=arg["recompute"],
+                         all_variants=arg["variants"])
   return config
 
 
 def sweep(add, arg=None):
-  """Target sizes x {bilinear, learned, capacity control} x 3 seeds: about 25 minutes on 2 cores.
+  """Target sizes x {bilinear, learned, capacity control, muller} x 5 seeds, 40 runs.
 
-    python -m resizer_jax.sweep --config=configs/demo.py --workdir=runs/demo_sweep
+    python -m resizer_jax.sweep --config=configs/demo.py:ema=0.99,recompute=16,variants \
+        --workdir=runs/demo_sweep
 
-  With `tiny` (configs/demo.py:tiny): 2 sizes x {bilinear, learned} x 2 seeds, for tests.
+  The arguments after the colon apply to every point: there, each run's last eval also reports
+  every BatchNorm-stable eval variant (docs/evaluation.md). With `tiny` (configs/demo.py:tiny):
+  2 sizes x {bilinear, learned} x 2 seeds, for tests.
   """
   from resizer_jax.sweep import grid  # pylint: disable=g-import-not-at-top
   if "tiny" in (arg or "").split(","):
     grid(add, target=[8, 16], resizer=["bilinear", "learned"], seed=[0, 1])
   else:
-    grid(add, target=[16, 32], resizer=["bilinear", "learned", "control"], seed=[0, 1, 2])
+    grid(add, target=[16, 32], resizer=["bilinear", "learned", "control", "muller"],
+         seed=[0, 1, 2, 3, 4])

@@ -2,9 +2,10 @@ r"""The embedded IQA demo: learned resizer + a small ResNet + NIMA's head on `av
 
 `ava/demo` is a stand-in for AVA, generated offline on first use by the real `ava` builder
 (resizer_jax/data/demo_ava.py): 256 px crops of photographs shipped in scikit-image/matplotlib,
-degraded (blur, noise, JPEG, downscale) at a random strength, with vote histograms SIMULATED around a
-hidden score set by that strength. **It measures technical quality, not aesthetics**, and no human
-rated these images. Train and test crops come from different photographs (528 / 128 images).
+hazed (kept by any downscale) and given one fine degradation (blur, noise, JPEG, downscale; lost by
+an 8x one), each at a random strength, with vote histograms SIMULATED around a hidden score that
+both strengths lower by half each. **It measures technical quality, not aesthetics**, and no human
+rated these images. Train and test crops come from different photographs (704 / 256 images).
 Training reads random `input` px crops (128 by default) of the stored 256 px images -- crops, not
 rescales, so the degradations survive -- and the resizer takes them to `target` px (16 by default).
 
@@ -13,8 +14,9 @@ rescales, so the degradations survive -- and the resizer takes them to `target` 
 
 Arguments (comma-separated): resizer=learned|control|muller|bicubic|bilinear|lanczos3|nearest|area
 (bicubic is the paper's IQA baseline; muller: MULLER's four parameters, see MullerResizer),
-input=128, target=16, antialias=false, seed=0, tiny (12 steps on the `ava/demo_tiny` build: 22 train
-/ 8 test images, for tests).
+input=128, target=16, antialias=false, seed=0, epochs=20, eval_every=100, ema=0, recompute=0,
+variants (as in configs/demo.py), tiny (12 steps on the `ava/demo_tiny` build: 22 train / 8 test
+images, for tests).
 """
 import ml_collections
 
@@ -23,7 +25,8 @@ from resizer_jax import config_args
 
 def get_config(arg=None):
   arg = config_args.parse_arg(arg, resizer="learned", input=128, target=16, antialias=False, seed=0,
-                              tiny=False)
+                              ema=0.0, recompute=0, variants=False, eval_every=100,
+                              epochs=20.0, tiny=False)
   config = ml_collections.ConfigDict()
   config.seed = arg["seed"]
   config.dtype = "float32"
@@ -70,7 +73,7 @@ def get_config(arg=None):
   config.mesh = (("data", -1),)  # Add ("fsdp", k) to split the state k ways (README).
   config.batch_size = 8 if arg["tiny"] else 32
   config.eval_batch_size = 8 if arg["tiny"] else 64
-  config.num_epochs = 20.0
+  config.num_epochs = arg["epochs"]
   config.num_train_steps = 12 if arg["tiny"] else 0  # 0: num_epochs decides.
   # AdamW as in configs/demo.py: from scratch on a few hundred images, SGD barely moves in a CPU's
   # few hundred steps.
@@ -86,22 +89,26 @@ def get_config(arg=None):
   )
 
   config.log_every_steps = 4 if arg["tiny"] else 20
-  config.eval_every_steps = 6 if arg["tiny"] else 100
+  config.eval_every_steps = 6 if arg["tiny"] else arg["eval_every"]  # 0: at the end only.
   config.checkpoint_every_steps = 6 if arg["tiny"] else 100
   config.max_checkpoints_to_keep = 3
   config.num_pictures = 4  # Eval images shown as original | baseline | learned.
+  config_args.evaluation(config, ema_decay=arg["ema"], bn_recompute_batches=arg["recompute"],
+                         all_variants=arg["variants"])
   return config
 
 
 def sweep(add, arg=None):
-  """Target sizes x {bicubic, learned, capacity control} x 3 seeds.
+  """{bicubic, learned, muller} x 5 seeds at 16 px, 15 runs.
 
-    python -m resizer_jax.sweep --config=configs/demo_iqa.py --workdir=runs/demo_iqa_sweep
+    python -m resizer_jax.sweep --config=configs/demo_iqa.py:input=96,epochs=12,eval_every=0,variants \
+        --workdir=runs/demo_iqa_sweep --workers=2
 
-  With `tiny` (configs/demo_iqa.py:tiny): 2 sizes x {bicubic, learned} x 2 seeds, for tests.
+  The arguments after the colon apply to every point (see configs/demo.py's sweep). With `tiny`
+  (configs/demo_iqa.py:tiny): 2 sizes x {bicubic, learned} x 2 seeds, for tests.
   """
   from resizer_jax.sweep import grid  # pylint: disable=g-import-not-at-top
   if "tiny" in (arg or "").split(","):
     grid(add, target=[8, 16], resizer=["bicubic", "learned"], seed=[0, 1])
   else:
-    grid(add, target=[16, 32], resizer=["bicubic", "learned", "control"], seed=[0, 1, 2])
+    grid(add, target=[16], resizer=["bicubic", "learned", "muller"], seed=[0, 1, 2, 3, 4])

@@ -86,4 +86,5 @@ def get_config(arg=None):
   config_args.follow_the_hardware(config, arg["input"], eval_every_epochs=5.0)
   config.max_checkpoints_to_keep = 3
   config.num_pictures = 4  # Eval images shown as original | baseline | learned.
+  config_args.evaluation(config)  # Running BatchNorm statistics, no EMA (docs/evaluation.md).
   return config

@@ -79,3 +79,19 @@ def follow_the_hardware(config, input_size: int, *, eval_every_epochs: float,
   config.eval_every_steps = 0  # Unused: the *_every_epochs above.
   config.checkpoint_every_steps = 0
   return config
+
+
+def evaluation(config, *, ema_decay: float = 0.0, bn_recompute_batches: int = 0,
+               all_variants: bool = False):
+  """What every config says about the parameters and BatchNorm statistics that eval uses.
+
+  ema_decay > 0: eval (and `load`, exports) use an exponential moving average of the parameters.
+  bn_recompute_batches > 0: before each eval, the BatchNorm statistics are recomputed for the
+  evaluated parameters over that many train batches, replacing the running averages.
+  all_variants: the last eval also reports every combination the two allow, as
+  eval/<ema|live>_<recomputed|running>/... (one eval pass each), for measuring what they change.
+  """
+  config.ema_decay = ema_decay
+  config.bn_recompute_batches = bn_recompute_batches
+  config.eval_all_variants = all_variants
+  return config

@@ -26,7 +26,7 @@ from resizer_jax import models
 class Run:
   config: ml_collections.ConfigDict
   step: int
-  variables: dict  # {"params": ..., "batch_stats": ...} as numpy arrays.
+  variables: dict  # {"params": ..., "batch_stats": ...} as numpy arrays: what eval used.
   model: Any
   # Recorded at save time; None for a dataset without class names (IQA), or a checkpoint older
   # than the record.
@@ -62,7 +62,11 @@ def load(workdir: str, step: int | None = None) -> Run:
   """The run in `workdir` at `step` (default: the latest checkpoint)."""
   step, state, meta = checkpoint.load(workdir, step)
   config = ml_collections.ConfigDict(meta["config"])
-  variables = jax.device_get({k: state[k] for k in ("params", "batch_stats") if state.get(k)})
+  # What the run evaluated: its EMA parameters when it kept one (config.ema_decay), and the
+  # BatchNorm statistics the last eval left (recomputed ones with config.bn_recompute_batches).
+  params = state.get("ema_params") or state["params"]
+  variables = jax.device_get({"params": params, **(
+      {"batch_stats": state["batch_stats"]} if state.get("batch_stats") else {})})
   names = meta.get("class_names")
   return Run(config=config, step=step, variables=variables, model=models.from_config(config),
              class_names=None if names is None else tuple(names))

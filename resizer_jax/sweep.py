@@ -15,7 +15,9 @@ Each point's overrides are config *arguments* (the `:k=v,...` of --config), so a
 what `python -m resizer_jax.main --config=FILE:ARG` would train. `grid(add, **axes)` adds the
 cartesian product in one line. Each point trains in `DIR/<name>`; a finished point (the trainer wrote
 its `result.json`) is not retrained on a rerun and an unfinished one resumes from its checkpoint.
-With --launch=slurm|tpu every unfinished point is handed to that launch/ script at once.
+--workers=N trains N points at a time on this machine (each process takes the next point that no
+process trains: a `sweep.lock` in the point's directory). With --launch=slurm|tpu every unfinished
+point is handed to that launch/ script at once.
 After the points: `DIR/results.csv` (one row per run), `DIR/results.md` (mean ± 95% CI over seeds per
 cell, and the learned − baseline difference paired by seed) and `DIR/results.png`.
 """
@@ -26,7 +28,9 @@ import json
 import math
 import os
 import shlex
+import socket
 import subprocess
+import sys
 
 from absl import app
 from absl import flags
@@ -85,22 +89,81 @@ def _result(point, point_dir):
   return {**point["overrides"], **json.loads(path.read_text())}
 
 
-def run(config: str, workdir: str) -> list[dict]:
-  """Trains every point of the sweep in turn (skipping finished ones); returns and writes results."""
+LOCK = "sweep.lock"  # In a point's directory while a process trains it: "<host> <pid>".
+
+
+def _claim(point_dir: str) -> bool:
+  """Whether this process may train the point: it takes the point's lock, or the lock's holder is a
+  process of this host that is gone (killed), whose lock it takes over."""
+  lock, me = os.path.join(point_dir, LOCK), f"{socket.gethostname()} {os.getpid()}"
+  for _ in range(2):
+    try:
+      fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      host, _, pid = epath.Path(lock).read_text().partition(" ")
+      if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        os.remove(lock)
+        continue
+      return False
+    with os.fdopen(fd, "w") as f:
+      f.write(me)
+    return True
+  return False
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass
+  return True
+
+
+def _train_points(config: str, workdir: str) -> bool:
+  """Trains each unfinished point that no other process is training; False once preempted."""
   from resizer_jax import train  # pylint: disable=g-import-not-at-top  # Heavy; not for --dry-run.
   path = config.partition(":")[0]
-  rows = []
+  local = "://" not in workdir  # Object stores have no exclusive create: one process only there.
   for point in points(config):
     point_dir = os.path.join(workdir, point["name"])
-    if _result(point, point_dir) is None:
+    if _result(point, point_dir) is not None:
+      continue
+    epath.Path(point_dir).mkdir(parents=True, exist_ok=True)
+    if local and not _claim(point_dir):
+      continue
+    try:
       logging.info("Sweep point %s: %s:%s", point["name"], path, point["arg"])
-      epath.Path(point_dir).mkdir(parents=True, exist_ok=True)
       train.train_and_evaluate(config_args.load_config(f"{path}:{point['arg']}"), point_dir)
+    finally:
+      if local:
+        os.remove(os.path.join(point_dir, LOCK))
     if _result(point, point_dir) is None:  # Preempted (SIGTERM): the rerun continues from here.
       logging.warning("Sweep stopped at point %s; rerun to continue.", point["name"])
-      return rows
-    rows.append(_result(point, point_dir))
-  write_results(rows, workdir)
+      return False
+  return True
+
+
+def run(config: str, workdir: str, workers: int = 1) -> list[dict]:
+  """Trains every point of the sweep (skipping finished ones) in `workers` processes on this
+  machine, each taking the next point nobody trains; returns the rows and writes the results once
+  every point is finished. More sweep processes (on other hosts sharing `workdir`) may join."""
+  if workers < 1:
+    raise ValueError(f"workers={workers}: at least 1 process must train the points")
+  others = [subprocess.Popen([sys.executable, "-m", "resizer_jax.sweep", f"--config={config}",
+                              f"--workdir={workdir}", "--only_train"]) for _ in range(workers - 1)]
+  try:
+    finished = _train_points(config, workdir)
+  finally:
+    finished = all([p.wait() == 0 for p in others]) and finished
+  found = [(p, _result(p, os.path.join(workdir, p["name"]))) for p in points(config)]
+  rows = [row for _, row in found if row is not None]
+  if len(rows) == len(found):
+    write_results(rows, workdir)
+  elif finished:
+    logging.warning("%d points are trained by other processes; when they are done: --collect",
+                    len(found) - len(rows))
   return rows
 
 
@@ -127,15 +190,16 @@ def launch_commands(config: str, workdir: str, launcher: str, launcher_args=()) 
   return cmds
 
 
-def collect(config: str, workdir: str) -> list[dict]:
-  """Writes the results of the finished points (e.g. of a launched sweep); returns their rows."""
+def collect(config: str, workdir: str, metric: str | None = None) -> list[dict]:
+  """Writes the results of the finished points (e.g. of a launched sweep) for `metric` (default:
+  the headline one); returns their rows."""
   found = [(p, _result(p, os.path.join(workdir, p["name"]))) for p in points(config)]
   missing = [p["name"] for p, row in found if row is None]
   if missing:
     logging.warning("%d of %d points unfinished: %s", len(missing), len(found), "; ".join(missing))
   rows = [row for _, row in found if row is not None]
   if rows:
-    write_results(rows, workdir)
+    write_results(rows, workdir, metric)
   return rows
 
 
@@ -158,8 +222,14 @@ def _cells(rows, metric):
   return cells
 
 
-def write_results(rows, workdir):
-  """results.csv, results.md and results.png in `workdir`."""
+# Besides learned/control/muller − the fixed baseline: what the learned resizer is compared with.
+BASELINES = ("bilinear", "bicubic")
+ALSO_AGAINST = {"learned": ("control", "muller")}
+
+
+def write_results(rows, workdir, metric: str | None = None):
+  """results.csv, results.md and results.png in `workdir`, for `metric` (default: the headline
+  one; e.g. "eval/live_running/accuracy" for one eval variant)."""
   columns = sorted({k for r in rows for k in r if not k.startswith("eval/")}) + sorted(
       {k for r in rows for k in r if k.startswith("eval/")})
   table = io.StringIO()
@@ -168,7 +238,10 @@ def write_results(rows, workdir):
   writer.writerows(rows)
   (epath.Path(workdir) / "results.csv").write_text(table.getvalue())
 
-  metric = headline_metric(rows)
+  metric = metric or headline_metric(rows)
+  if not all(metric in r for r in rows):
+    raise ValueError(f"not every run reports {metric!r}; they have: "
+                     f"{', '.join(sorted(set.intersection(*(set(r) for r in rows))))}")
   cells = _cells(rows, metric)
   lines = [f"{metric}: mean ± 95% CI (t) over seeds", "", "| cell | seeds | mean | ± 95% CI |",
            "|---|---:|---:|---:|"]
@@ -178,9 +251,9 @@ def write_results(rows, workdir):
   diffs = []
   for key, by_seed in sorted(cells.items()):
     props = dict(key)
-    if props.get("resizer") in (None, "bilinear", "bicubic"):
+    if props.get("resizer") in (None, *BASELINES):
       continue
-    for base in ("bilinear", "bicubic"):
+    for base in BASELINES + ALSO_AGAINST.get(props["resizer"], ()):
       base_key = tuple(sorted({**props, "resizer": base}.items()))
       if base_key in cells:
         seeds = sorted(set(by_seed) & set(cells[base_key]))
@@ -189,10 +262,45 @@ def write_results(rows, workdir):
           rest = ", ".join(f"{k}={v}" for k, v in key if k != "resizer")
           diffs.append(f"| {rest} | {props['resizer']} − {base} | {len(seeds)} | {mean:+.4f} | {half:.4f} |")
   if diffs:
-    lines += ["", "Difference to the baseline, paired by seed:", "",
+    lines += ["", "Differences, paired by seed:", "",
               "| cell | difference | seeds | mean | ± 95% CI |", "|---|---|---:|---:|---:|"] + diffs
+  lines += _variant_lines(rows, metric)
   (epath.Path(workdir) / "results.md").write_text("\n".join(lines) + "\n")
   _plot(cells, metric, epath.Path(workdir) / "results.png")
+
+
+def eval_variants(rows, metric) -> list[str]:
+  """The eval variants every row reports `metric` under (eval/<variant>/<name>; see
+  config_args.evaluation), e.g. ["ema_recomputed", "ema_running", ...]."""
+  name = metric.split("/")[-1]  # eval/accuracy or eval/<variant>/accuracy
+  found = [set(k.split("/")[1] for k in r if k.count("/") == 2 and k.endswith("/" + name))
+           for r in rows]
+  return sorted(set.intersection(*found)) if found else []
+
+
+def _variant_lines(rows, metric) -> list[str]:
+  """The spread over seeds under each eval variant, per cell and pooled over cells."""
+  variants = eval_variants(rows, metric)
+  if not variants:
+    return []
+  name = metric.split("/")[-1]  # eval/accuracy or eval/<variant>/accuracy
+  lines = ["", f"{name} under each eval variant (parameters_statistics): mean ± 95% CI and the "
+           "standard deviation over seeds", "",
+           "| cell | variant | seeds | mean | ± 95% CI | std |", "|---|---|---:|---:|---:|---:|"]
+  pooled = {}
+  for variant in variants:
+    for key, by_seed in sorted(_cells(rows, f"eval/{variant}/{name}").items()):
+      values = list(by_seed.values())
+      mean, half = mean_ci(values)
+      std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+      pooled.setdefault(variant, []).append(std)
+      lines.append(f"| {', '.join(f'{k}={v}' for k, v in key)} | {variant} | {len(values)} | "
+                   f"{mean:.4f} | {half:.4f} | {std:.4f} |")
+  lines += ["", "Standard deviation over seeds, pooled over the cells (root mean square):", "",
+            "| variant | cells | pooled std |", "|---|---:|---:|"]
+  for variant, stds in pooled.items():
+    lines.append(f"| {variant} | {len(stds)} | {math.sqrt(np.nanmean(np.square(stds))):.4f} |")
+  return lines
 
 
 def _plot(cells, metric, path):
@@ -235,6 +343,12 @@ def _define_flags():
                     "--accelerator=v4-8 (tpu) or --nodes=1 (sbatch).")
   flags.DEFINE_bool("dry_run", False, "Print each unfinished point's command instead of running it.")
   flags.DEFINE_bool("collect", False, "Only write the results of the finished points.")
+  flags.DEFINE_string("metric", None, "With --collect: the metric of the tables (default "
+                      "eval/plcc or eval/accuracy), e.g. eval/live_running/accuracy.")
+  flags.DEFINE_integer("workers", 1, "--launch=local: processes training points at once on this "
+                       "machine (each takes the next point nobody trains).")
+  flags.DEFINE_bool("only_train", False, "Train points only, without writing the results (what "
+                    "each extra worker does).")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -246,11 +360,13 @@ def main(argv):
       print(" ".join(map(shlex.quote, cmd)))
     return
   if FLAGS.collect:
-    rows = collect(FLAGS.config, workdir)
+    rows = collect(FLAGS.config, workdir, FLAGS.metric)
   elif FLAGS.launch == "local":
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")
-    rows = run(FLAGS.config, workdir)
+    if FLAGS.only_train:
+      sys.exit(0 if _train_points(FLAGS.config, workdir) else 3)
+    rows = run(FLAGS.config, workdir, FLAGS.workers)
   else:
     # Launchers run from the repository root, which config paths are relative to; their logs stay
     # on this machine (next to the runs, or in ./NAME-launch-logs for a gs:// sweep).

@@ -9,6 +9,7 @@ process feeds its share of the batch and takes part in checkpoint saves; process
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import signal
@@ -45,6 +46,8 @@ class TrainState(train_state.TrainState):
   nonfinite_run: jax.Array  # How many in a row, up to this step.
   longest_nonfinite_run: jax.Array  # The most in a row so far (checked at log steps only).
   first_nonfinite: jax.Array  # The first such step, or -1.
+  # With config.ema_decay > 0: an exponential moving average of `params`, what eval uses.
+  ema_params: Any = None
 
 
 class NonFiniteError(FloatingPointError):
@@ -84,12 +87,20 @@ def make_optimizer(config, schedule):
 # ----------------------------------------------------------------------------------------------
 # The steps.
 # ----------------------------------------------------------------------------------------------
+def ema_decay_at(decay: float, step):
+  """The EMA's decay after `step` updates: ramped up as TF's ExponentialMovingAverage does with
+  num_updates, so that a short run's average is not dominated by the initialisation."""
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 def train_step(state: TrainState, batch, *, model, schedule,
-               label_smoothing: float, seed: int, task: str = "classification"):
+               label_smoothing: float, seed: int, task: str = "classification",
+               ema_decay: float = 0.0):
   """One SGD step on a global batch; returns the new state and this step's metrics.
 
   task="classification": softmax cross-entropy on batch["label"]; task="iqa": NIMA's EMD (r = 2)
   between the softmax of the 10 logits and batch["distribution"], the vote histogram.
+  With `ema_decay` > 0 the state's `ema_params` follow the new params.
   """
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
@@ -117,16 +128,19 @@ def train_step(state: TrainState, batch, *, model, schedule,
   # A global sum under jit: the count over every host's share of the batch.
   skipped = state.skipped + jnp.sum(batch["skipped"])
   new = state.apply_gradients(grads=grads, batch_stats=batch_stats, skipped=skipped)
+  if ema_decay:
+    new = new.replace(ema_params=optax.incremental_update(
+        new.params, state.ema_params, 1.0 - ema_decay_at(ema_decay, new.step)))
   # A finite loss can still take the state to inf (a huge update): check what would be kept too.
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(
       optax.global_norm((new.params, new.batch_stats)))
   # The update of a non-finite step is dropped, so that no non-finite value is ever in the state
   # (nor saved); the step still counts, so the data stream and schedule stay where they were.
   kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
-                      (new.params, new.opt_state, new.batch_stats),
-                      (state.params, state.opt_state, state.batch_stats))
+                      (new.params, new.opt_state, new.batch_stats, new.ema_params),
+                      (state.params, state.opt_state, state.batch_stats, state.ema_params))
   new = new.replace(
-      params=kept[0], opt_state=kept[1], batch_stats=kept[2],
+      params=kept[0], opt_state=kept[1], batch_stats=kept[2], ema_params=kept[3],
       nonfinite=state.nonfinite + (~finite),
       nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1),
       longest_nonfinite_run=jnp.maximum(state.longest_nonfinite_run,
@@ -168,11 +182,12 @@ def state_sharding(abstract_state, mesh):
   return jax.tree.map(spec, abstract_state)
 
 
-def make_init(model, tx, input_size: int):
+def make_init(model, tx, input_size: int, ema: bool = False):
   """rng -> a fresh TrainState (jit it with out_shardings to create it sharded)."""
   def init(rng):
     variables = model.init(rng, jnp.zeros((1, input_size, input_size, 3), jnp.uint8), train=False)
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             ema_params=variables["params"] if ema else None,
                              batch_stats=variables.get("batch_stats", {}),
                              skipped=jnp.zeros((), jnp.int32), nonfinite=jnp.zeros((), jnp.int32),
                              nonfinite_run=jnp.zeros((), jnp.int32),
@@ -186,14 +201,15 @@ def jit_train_step(config, model, schedule, state_sharding, batch_sharding):
   return jax.jit(
       functools.partial(train_step, model=model, schedule=schedule,
                         label_smoothing=config.optimizer.label_smoothing, seed=config.seed,
-                        task=config.get("task", "classification")),
+                        task=config.get("task", "classification"),
+                        ema_decay=config.get("ema_decay", 0.0)),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, NamedSharding(batch_sharding.mesh, P())), donate_argnums=0)
 
 
-def eval_step(state: TrainState, batch, *, model, task: str = "classification"):
-  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
-                       train=False).astype(jnp.float32)
+def eval_step(variables, batch, *, model, task: str = "classification"):
+  """The eval metrics of one global batch under `variables` ({"params", "batch_stats"})."""
+  logits = model.apply(variables, batch["image"], train=False).astype(jnp.float32)
   if task == "iqa":
     return metrics_lib.IQAEvalMetrics.single_from_model_output(
         logits=logits, distribution=batch["distribution"], skipped=batch["skipped"],
@@ -204,6 +220,68 @@ def eval_step(state: TrainState, batch, *, model, task: str = "classification"):
   return metrics_lib.EvalMetrics.single_from_model_output(loss=loss, logits=logits, labels=labels,
                                               top5=top5.astype(jnp.float32), mask=batch["mask"],
                                               skipped=batch["skipped"])
+
+
+# ----------------------------------------------------------------------------------------------
+# BatchNorm-stable evaluation: the EMA of the parameters (train_step), and BatchNorm statistics
+# recomputed for the parameters that are evaluated.
+# ----------------------------------------------------------------------------------------------
+def _map_batchnorm(fn, tree):
+  """`fn({"mean": ..., "var": ...})` for each BatchNorm's statistics in a batch_stats tree."""
+  if set(tree) == {"mean", "var"}:
+    return fn(tree)
+  return {k: _map_batchnorm(fn, v) for k, v in tree.items()}
+
+
+def keeping_last_batch(model):
+  """`model` whose BatchNorms store the last batch's statistics (momentum 0) as their running ones."""
+  last = lambda m: m.clone(bn_momentum=0.0) if "bn_momentum" in m.__dataclass_fields__ else m
+  return model.clone(resizer=last(model.resizer), backbone=last(model.backbone))
+
+
+def batch_moments(params, batch_stats, images, *, model):
+  """Each BatchNorm's mean and mean square over one global batch under `params`, in train mode as
+  the running averages see it (a fixed dropout and stochastic-depth draw)."""
+  _, updates = keeping_last_batch(model).apply(
+      {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"],
+      rngs={"dropout": jax.random.key(0)})
+  return _map_batchnorm(lambda s: {"mean": s["mean"], "var": s["var"] + jnp.square(s["mean"])},
+                        updates["batch_stats"])
+
+
+def make_recompute(model, shardings, batch_sharding):
+  """(params, batch_stats, batches) -> the BatchNorm statistics of all `batches` taken as one.
+
+  These are the population's statistics under exactly the parameters evaluated ("precise BN", Wu &
+  Johnson 2021), where the running averages mix statistics of the parameters of many past steps
+  and, under an EMA, of other parameters altogether.
+  """
+  moments = jax.jit(functools.partial(batch_moments, model=model),
+                    in_shardings=(shardings.params, shardings.batch_stats, batch_sharding),
+                    out_shardings=shardings.batch_stats)
+  add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), out_shardings=shardings.batch_stats)
+  finish = jax.jit(lambda total, n: _map_batchnorm(
+      lambda s: {"mean": s["mean"] / n,
+                 "var": jnp.maximum(s["var"] / n - jnp.square(s["mean"] / n), 0.0)}, total),
+                   out_shardings=shardings.batch_stats)
+
+  def recompute(params, batch_stats, batches):
+    total, n = None, 0
+    for batch in batches:
+      m = moments(params, batch_stats, batch["image"])
+      total, n = (m if total is None else add(total, m)), n + 1
+    if not n:
+      raise ValueError("bn_recompute_batches: the train split gave no batch to recompute from")
+    return finish(total, jnp.float32(n))
+  return recompute
+
+
+def eval_kinds(config) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(parameters, statistics) this config can evaluate, the headline first: ("ema", "live") with
+  config.ema_decay > 0, and ("recomputed", "running") with config.bn_recompute_batches > 0."""
+  params = ("ema", "live") if config.get("ema_decay", 0.0) else ("live",)
+  stats = ("recomputed", "running") if config.get("bn_recompute_batches", 0) else ("running",)
+  return params, stats
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,11 +378,11 @@ class ConsoleWriter(_ScalarsOnly):
             flush=True)
 
 
-def evaluate(eval_fn, state, builder, config, to_global, global_batch: int) -> dict:
+def evaluate(eval_fn, variables, builder, config, to_global, global_batch: int) -> dict:
   ds, _ = input_pipeline.eval_dataset(builder, config.data, global_batch=global_batch)
   total = None
   for batch in ds.as_numpy_iterator():
-    m = eval_fn(state, to_global(batch))
+    m = eval_fn(variables, to_global(batch))
     total = m if total is None else total.merge(m)
   if total is None:
     raise ValueError(f"eval split {config.data.eval_split!r} of {config.data.name} is empty")
@@ -417,7 +495,13 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
   if config.get("nonfinite", "stop") not in NONFINITE:
     raise ValueError(f"unknown nonfinite={config.nonfinite!r}; valid: {', '.join(NONFINITE)}")
 
-  init = make_init(model, tx, config.data.input_size)
+  ema_decay, recompute_batches = config.get("ema_decay", 0.0), config.get("bn_recompute_batches", 0)
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f"ema_decay={ema_decay} is not in [0, 1): 0 turns the EMA off; 0.999 is usual")
+  if not isinstance(recompute_batches, int) or recompute_batches < 0:
+    raise ValueError(f"bn_recompute_batches={recompute_batches!r} is not a count of batches >= 0 "
+                     "(0: eval uses the running statistics)")
+  init = make_init(model, tx, config.data.input_size, ema=bool(ema_decay))
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = state_sharding(abstract, mesh)
   mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep, create=True)
@@ -447,6 +531,8 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
       # init_head=False: e.g. IQA's 10-way head on a backbone from an ImageNet run.
       state = checkpoint.warm_start(state, config.init_from,
                                     keep_fresh=() if config.get("init_head", True) else ("head",))
+      if ema_decay:  # The average starts from the warm-started parameters (in buffers of its own).
+        state = state.replace(ema_params=jax.tree.map(jnp.copy, state.params))
   start_step = int(state.step)
   total_steps = plan.total_steps
 
@@ -466,20 +552,58 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
         f"{config.init_from}; the resizer starts fresh")
   for line in plan.lines():
     say("  " + line)
+  kinds = eval_kinds(config)
+  variants = config.get("eval_all_variants") and len(kinds[0]) * len(kinds[1]) > 1
+  say(f"  eval: {f'the EMA of the parameters (decay {ema_decay})' if ema_decay else 'the parameters'}, "
+      + (f"BatchNorm statistics recomputed over {recompute_batches} train batches"
+         if recompute_batches else "the running BatchNorm statistics")
+      + ("; the last eval also reports eval/<parameters>_<statistics>/..." if variants else ""))
 
   train_fn = jit_train_step(config, model, schedule, shardings, sharded)
+  variables_sharding = {"params": shardings.params, "batch_stats": shardings.batch_stats}
   eval_fn = jax.jit(functools.partial(eval_step, model=model, task=task),
-                    in_shardings=(shardings, sharded), out_shardings=replicated)
-  run_eval = lambda state: evaluate(eval_fn, state, builder, config, to_global,
-                                    plan.eval_global_batch)
+                    in_shardings=(variables_sharding, sharded), out_shardings=replicated)
+  recompute = make_recompute(model, shardings, sharded)
+
+  def run_eval(state, last: bool = False):
+    """(eval metrics, the variables evaluated, the state holding those variables' statistics);
+    the `last` eval also reports every variant when config.eval_all_variants.
+
+    Recomputed statistics replace the running ones in the state, so that checkpoints, `load` and
+    exports use what eval used; training never reads them (train-mode BatchNorm uses the batch's).
+    """
+    stats = {}
+
+    def variables(params_kind, stats_kind):
+      params = state.ema_params if params_kind == "ema" else state.params
+      if stats_kind == "running":
+        return {"params": params, "batch_stats": state.batch_stats}
+      if params_kind not in stats:  # The same first batches of the train stream every time.
+        batches = input_pipeline.train_dataset(builder, config.data, global_batch=plan.global_batch,
+                                               seed=config.seed).take(recompute_batches)
+        stats[params_kind] = recompute(params, state.batch_stats,
+                                       map(to_global, batches.as_numpy_iterator()))
+      return {"params": params, "batch_stats": stats[params_kind]}
+
+    head = (kinds[0][0], kinds[1][0])
+    metrics = evaluate(eval_fn, variables(*head), builder, config, to_global, plan.eval_global_batch)
+    if last and variants:
+      for kind in itertools.product(*kinds):
+        found = metrics if kind == head else evaluate(
+            eval_fn, variables(*kind), builder, config, to_global, plan.eval_global_batch)
+        metrics = {**metrics, **{f"eval/{'_'.join(kind)}/{k[len('eval/'):]}": v
+                                 for k, v in found.items()
+                                 if k.count("/") == 1 and k not in ("eval/examples", "eval/skipped")}}
+    if head[1] == "recomputed":
+      state = state.replace(batch_stats=stats[head[0]])
+    return metrics, variables(*head), state
 
   # --- Pictures of the resizer's output on a few fixed eval images (resizers with parameters).
   draw = config.get("num_pictures") and "resizer" in abstract.params
   # Every process takes part in gathering the resizer's variables (FSDP may have split them over
   # hosts); process 0 draws.
-  def resizer_variables(state):
-    return {k: {"resizer": v["resizer"]} for k, v in (
-        ("params", state.params), ("batch_stats", state.batch_stats)) if "resizer" in v}
+  def resizer_variables(variables):
+    return {k: {"resizer": v["resizer"]} for k, v in variables.items() if "resizer" in v}
   gather_resizer = jax.jit(resizer_variables, out_shardings=replicated)
   sample = None
   if is_chief and draw:
@@ -523,10 +647,10 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
         check_finite(state, config, mngr)
         if (due(plan.eval_every_steps) or last) and not stop:
           with progress.timed("eval"):
-            eval_metrics = run_eval(state)
+            eval_metrics, evaluated, state = run_eval(state, last)
           scalars.update(eval_metrics)
           if draw:
-            resizer_vars = gather_resizer(state)
+            resizer_vars = gather_resizer(evaluated)
             if is_chief:
               pictures.write(writer, workdir, step, pictures.panel(
                   model, jax.device_get(resizer_vars), sample, config))
@@ -541,7 +665,7 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
               "same command to continue")
           return {}
       if not eval_metrics:  # Nothing left to train: report the checkpoint's metrics.
-        eval_metrics = run_eval(state)
+        eval_metrics, _, state = run_eval(state, last=True)
       if is_chief:  # Written last: its presence says the run is finished (sweeps rely on it).
         _write_atomically(epath.Path(workdir) / "result.json",
                           json.dumps({"step": total_steps, **eval_metrics}))

@@ -184,10 +184,12 @@ def test_demo_tiny_builds_offline_through_the_real_builder(tmp_path):
   for e in examples.values():
     assert e["image"].shape == (256, 256, 3)
     assert e["votes"].sum() >= demo_ava.VOTERS[0]
-  # The vote histograms follow the hidden score (the degradation strength), as documented.
+  # The vote histograms follow the hidden score (set by the two strengths), as documented.
   ids = sorted(examples)
   means = [examples[i]["mean_score"] for i in ids]
-  hidden = [truth[i][3] for i in ids]
+  hidden = [truth[i][4] for i in ids]
+  assert hidden == pytest.approx([demo_ava.hidden_score(truth[i][2], truth[i][3]) for i in ids])
+  assert builder.version == ava.DEMO_VERSION
   assert stats.spearmanr(means, hidden)[0] > 0.9
   assert np.abs(np.array(means) - hidden).mean() < 0.5
 

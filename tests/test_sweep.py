@@ -1,11 +1,14 @@
 """Sweeps: the demo's tiny sweep trained point by point, rerun without retraining, aggregated."""
 import csv
+import json
 import math
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from resizer_jax import sweep
@@ -21,7 +24,7 @@ def test_points_are_config_arguments():
                        "overrides": {"target": 8, "resizer": "bilinear", "seed": 0},
                        "arg": "tiny,target=8,resizer=bilinear,seed=0"}
   assert len({p["name"] for p in points}) == 8
-  assert len(sweep.points(f"{REPO}/configs/demo.py")) == 2 * 3 * 3
+  assert len(sweep.points(f"{REPO}/configs/demo.py")) == 2 * 4 * 5
 
 
 @pytest.mark.parametrize("launch,prefix", [
@@ -53,8 +56,12 @@ def test_mean_ci_is_the_t_interval():
 def test_tiny_sweep_trains_reruns_without_retraining_and_aggregates(data_dir, tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
   workdir = str(tmp_path)
-  rows = sweep.run(TINY, workdir)
+  rows = sweep.run(TINY, workdir, workers=2)  # This process and one more take turns.
   assert len(rows) == 8
+  for point in sweep.points(TINY):  # Each point trained once, by one process; no lock left.
+    steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, point["name"], "metrics.jsonl"))]
+    assert len(steps) == len(set(steps)) and steps[-1] == 12
+    assert not os.path.exists(os.path.join(workdir, point["name"], sweep.LOCK))
   assert {(r["target"], r["resizer"], r["seed"]) for r in rows} == {
       (t, r, s) for t in (8, 16) for r in ("bilinear", "learned") for s in (0, 1)}
   assert all(r["step"] == 12 and 0 <= r["eval/accuracy"] <= 1 for r in rows)
@@ -92,3 +99,46 @@ def test_tiny_sweep_trains_reruns_without_retraining_and_aggregates(data_dir, tm
     assert len(list(csv.DictReader(f))) == 7
   with pytest.raises(ValueError, match="unknown launcher 'k8s'; valid: local, slurm, tpu"):
     sweep.launch_commands(TINY, workdir, "k8s")
+
+
+def test_a_point_is_trained_by_one_process_and_a_dead_ones_lock_is_taken_over(tmp_path):
+  lock = tmp_path / sweep.LOCK
+  assert sweep._claim(str(tmp_path))
+  assert lock.read_text() == f"{socket.gethostname()} {os.getpid()}"
+  assert not sweep._claim(str(tmp_path))  # Held by a live process (this one).
+  gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  lock.write_text(f"{socket.gethostname()} {gone}")
+  assert sweep._claim(str(tmp_path))  # Its holder was killed: taken over.
+  lock.write_text(f"another-host {gone}")
+  assert not sweep._claim(str(tmp_path))  # Another host's process cannot be checked from here.
+  with pytest.raises(ValueError, match="workers=0"):
+    sweep.run(TINY, str(tmp_path), workers=0)
+
+
+def test_results_for_an_eval_variant_and_the_spread_under_each(tmp_path):
+  rng = np.random.default_rng(0)
+  rows = []
+  for resizer in ("bilinear", "learned"):
+    for seed in range(4):
+      live, ema = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7)
+      rows.append({"resizer": resizer, "target": 16, "seed": seed, "step": 10,
+                   "eval/accuracy": ema, "eval/ema_running/accuracy": ema,
+                   "eval/live_running/accuracy": live, "eval/live_running/loss": 1.0})
+  sweep.write_results(rows, str(tmp_path), "eval/live_running/accuracy")
+  md = (tmp_path / "results.md").read_text()
+  assert md.startswith("eval/live_running/accuracy: mean")
+  live = {(r["resizer"], r["seed"]): r["eval/live_running/accuracy"] for r in rows}
+  mean, half = sweep.mean_ci([live["learned", s] - live["bilinear", s] for s in range(4)])
+  assert f"| target=16 | learned − bilinear | 4 | {mean:+.4f} | {half:.4f} |" in md
+  assert sweep.eval_variants(rows, "eval/accuracy") == ["ema_running", "live_running"]
+  stds = {}
+  for variant in ("ema_running", "live_running"):
+    for resizer in ("bilinear", "learned"):
+      values = [r[f"eval/{variant}/accuracy"] for r in rows if r["resizer"] == resizer]
+      stds[variant, resizer] = np.std(values, ddof=1)
+      assert f"| resizer={resizer}, target=16 | {variant} | 4 | {np.mean(values):.4f} |" in md
+    pooled = math.sqrt((stds[variant, "bilinear"]**2 + stds[variant, "learned"]**2) / 2)
+    assert f"| {variant} | 2 | {pooled:.4f} |" in md
+  with pytest.raises(ValueError, match="not every run reports 'eval/ema_recomputed/accuracy'"):
+    sweep.write_results(rows, str(tmp_path), "eval/ema_recomputed/accuracy")

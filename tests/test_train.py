@@ -92,7 +92,7 @@ def test_a_missing_dataset_is_one_line_on_stderr_and_verbosity_shows_the_traceba
   assert verbose.returncode != 0 and "Traceback (most recent call last)" in verbose.stderr
 
 
-CONSOLE_HEADER = 8  # The model in one line, the workdir, the six lines of the plan.
+CONSOLE_HEADER = 9  # The model in one line, the workdir, the six lines of the plan, what eval uses.
 CONSOLE_TAIL = 3  # Where the checkpoints and pictures went, the final JSON.
 
 

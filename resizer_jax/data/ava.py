@@ -118,6 +118,12 @@ def load_image(path: epath.Path):
     return None
 
 
+DEMO_VERSION = "2.0.0"
+DEMO_NOTES = {"1.0.0": "One degradation per image; 528 / 128 images.",
+              "2.0.0": "Haze (kept by any downscale) plus one fine degradation, half the score each; "
+                       "704 / 256 images."}
+
+
 class Ava(tfds.core.GeneratorBasedBuilder):
   """AVA with NIMA's score histograms, from a manual download or as the offline stand-in."""
 
@@ -127,10 +133,11 @@ class Ava(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       AvaConfig(name="default", description="AVA from the manual dir: train = generic_ls_train, "
                 "test = generic_test."),
-      AvaConfig(name="demo", demo="full", description="Offline stand-in (demo_ava.py): technical "
-                "quality with simulated votes, NOT aesthetics; 528 train / 128 test."),
-      AvaConfig(name="demo_tiny", demo="tiny", description="The stand-in's tiny variant, for tests: "
-                "22 train / 8 test."),
+      AvaConfig(name="demo", demo="full", version=DEMO_VERSION, release_notes=DEMO_NOTES,
+                description="Offline stand-in (demo_ava.py): technical quality with simulated "
+                "votes, NOT aesthetics; 704 train / 256 test."),
+      AvaConfig(name="demo_tiny", demo="tiny", version=DEMO_VERSION, release_notes=DEMO_NOTES,
+                description="The stand-in's tiny variant, for tests: 22 train / 8 test."),
   ]
 
   def _info(self):

@@ -2,17 +2,23 @@
 
 **This is technical quality, not aesthetics, and the votes are simulated.** Each image is a 256x256
 crop of a real photograph shipped in scikit-image/matplotlib (the photos of resizer_jax/data/demo.py)
-given one degradation at a random strength s in [0, 1]:
+given two degradations, each at its own random strength in [0, 1]:
 
-  blur       Gaussian, sigma = 4 s px
-  noise      additive Gaussian, sigma = 40 s grey levels
-  jpeg       re-encoded at quality round(95 - 90 s)
-  downscale  shrunk by 1 + 7 s (box filter) and enlarged back (bicubic)
+  haze (strength h)   blended towards light grey: p + 0.6 h (220 - p); lower contrast, brighter
+  then one fine degradation (strength s), chosen at random:
+    blur       Gaussian, sigma = 4 s px
+    noise      additive Gaussian, sigma = 40 s grey levels
+    jpeg       re-encoded at quality round(95 - 90 s)
+    downscale  shrunk by 1 + 7 s (box filter) and enlarged back (bicubic)
 
-and a hidden quality score q = 7.5 - 5 s (so 7.5 for a clean image, 2.5 at full strength; the
-threshold 5 splits at s = 0.5). The "votes" are 60-239 simulated raters per image, each scoring
-round(q + N(0, 1.4^2)) clipped to 1..10. Nobody looked at these images: the score measures how
-strongly an image was degraded, by construction, and nothing about beauty or composition.
+and a hidden quality score q = 7.5 - 2.5 h - 2.5 s (7.5 for a clean image, 2.5 at full strength
+of both; the threshold 5 splits at h + s = 1). Haze is global: it survives any downscale, so a
+fixed resize sees half of the score. The fine degradations live in pixel-level structure that an
+8x downscale mostly removes: the other half is there only for a resizer that keeps it. (Version 1
+had the fine degradation alone; from scratch, bicubic at 16 px then reached a PLCC of 0.06-0.13.)
+The "votes" are 60-239 simulated raters per image, each scoring round(q + N(0, 1.4^2)) clipped
+to 1..10. Nobody looked at these images: the score measures how strongly an image was degraded,
+by construction, and nothing about beauty or composition.
 
 The release is what the real AVA download holds, so it goes through the real `ava` builder:
 
@@ -20,7 +26,7 @@ The release is what the real AVA download holds, so it goes through the real `av
   aesthetics_image_lists/generic_ls_train.jpgl   train ids (crops of demo.TRAIN_PHOTOS)
   aesthetics_image_lists/generic_test.jpgl       test ids (crops of demo.TEST_PHOTOS: unseen scenes)
   images/<id>.jpg                          JPEG, quality 95
-  demo_truth.tsv                           not in AVA: id, photo, degradation, strength, hidden score
+  demo_truth.tsv                           not in AVA: id, photo, degradation, strength, haze, hidden score
   README.txt                               not in AVA: what this is
 
 Image ids are made up (distinct random integers). The build is deterministic given (variant, seed).
@@ -34,8 +40,9 @@ from PIL import Image
 from resizer_jax.data import demo
 
 DEGRADATIONS = ("blur", "noise", "jpeg", "downscale")
-# Crops per photo: (train, test). full: 11 x 48 = 528 train, 4 x 32 = 128 test; tiny: 22 / 8.
-VARIANTS = {"full": (48, 32), "tiny": (2, 2)}
+# Crops per photo: (train, test). full: 11 x 64 = 704 train, 4 x 64 = 256 test; tiny: 22 / 8.
+VARIANTS = {"full": (64, 64), "tiny": (2, 2)}
+HAZE_GREY, HAZE_MAX = 220.0, 0.6
 TRAIN_LIST, TEST_LIST = "generic_ls_train", "generic_test"
 VOTERS = (60, 240)  # Raters per image, uniform in [60, 240); AVA has about 210 on average.
 RATER_STD = 1.4
@@ -48,8 +55,13 @@ demo_truth.tsv). Not AVA, and no human rated these images.
 """
 
 
-def hidden_score(strength: float) -> float:
-  return 7.5 - 5.0 * strength
+def hidden_score(strength: float, haze: float) -> float:
+  return 7.5 - 2.5 * strength - 2.5 * haze
+
+
+def add_haze(crop: np.ndarray, haze: float) -> np.ndarray:
+  hazy = crop.astype(np.float32) + HAZE_MAX * haze * (HAZE_GREY - crop.astype(np.float32))
+  return np.clip(hazy.round(), 0, 255).astype(np.uint8)
 
 
 def degrade(crop: np.ndarray, kind: str, strength: float, rng: np.random.Generator) -> np.ndarray:
@@ -101,26 +113,28 @@ def write_release(root, variant: str = "tiny", seed: int = 0) -> epath.Path:
     rng = np.random.default_rng([seed, sum(map(ord, name)), c])
     crop = demo.random_crop(photos[name], rng)
     kind = DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))]
-    strength = float(rng.uniform())
+    strength, haze = float(rng.uniform()), float(rng.uniform())
+    score = hidden_score(strength, haze)
     buf = io.BytesIO()
-    Image.fromarray(degrade(crop, kind, strength, rng)).save(buf, format="JPEG",
-                                                            quality=STORE_QUALITY)
+    Image.fromarray(degrade(add_haze(crop, haze), kind, strength, rng)).save(
+        buf, format="JPEG", quality=STORE_QUALITY)
     (root / "images" / f"{image_id}.jpg").write_bytes(buf.getvalue())
-    counts = votes(hidden_score(strength), rng)
+    counts = votes(score, rng)
     rows.append(f"{index} {image_id} {' '.join(map(str, counts))} 0 0 0")
-    truth.append(f"{image_id}\t{name}\t{kind}\t{strength:.6f}\t{hidden_score(strength):.6f}")
+    truth.append(f"{image_id}\t{name}\t{kind}\t{strength:.6f}\t{haze:.6f}\t{score:.6f}")
     lists[split].append(str(image_id))
 
   (root / "AVA.txt").write_text("\n".join(rows) + "\n")
   for split, split_ids in lists.items():
     (root / "aesthetics_image_lists" / f"{split}.jpgl").write_text("\n".join(split_ids) + "\n")
   (root / "demo_truth.tsv").write_text(
-      "image_id\tphoto\tdegradation\tstrength\thidden_score\n" + "\n".join(truth) + "\n")
+      "image_id\tphoto\tdegradation\tstrength\thaze\thidden_score\n" + "\n".join(truth) + "\n")
   (root / "README.txt").write_text(README)
   return root
 
 
 def read_truth(root) -> dict:
-  """image id -> (photo, degradation, strength, hidden score), from a release's demo_truth.tsv."""
+  """image id -> (photo, degradation, strength, haze, hidden score), from demo_truth.tsv."""
   lines = (epath.Path(root) / "demo_truth.tsv").read_text().splitlines()[1:]
-  return {int(i): (p, d, float(s), float(q)) for i, p, d, s, q in (l.split("\t") for l in lines)}
+  return {int(i): (p, d, float(s), float(h), float(q))
+          for i, p, d, s, h, q in (l.split("\t") for l in lines)}

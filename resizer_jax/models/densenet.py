@@ -54,13 +54,15 @@ class DenseNet(nn.Module):
   stem_features: int = 64
   num_classes: int = 1000
   dropout_rate: float = 0.0
+  # The running statistics' decay (PyTorch's momentum is 1 - this); 0 keeps the last batch's.
+  bn_momentum: float = 0.9
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=nn.initializers.variance_scaling(2.0, "fan_in", "normal"))
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=1e-5, dtype=self.dtype)
 
     x = x.astype(self.dtype)

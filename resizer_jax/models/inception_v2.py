@@ -123,6 +123,8 @@ class InceptionV2(nn.Module):
   """BN-Inception with a global-average-pool + dropout + dense classifier head."""
   num_classes: int = 1000
   dropout_rate: float = 0.2
+  # The running statistics' decay (PyTorch's momentum is 1 - this); 0 keeps the last batch's.
+  bn_momentum: float = 0.9997
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -131,7 +133,7 @@ class InceptionV2(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype,
                              kernel_init=nn.initializers.variance_scaling(2.0, "fan_in",
                                                                           "truncated_normal"))
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9997,
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=1e-3, use_scale=False, dtype=self.dtype)
 
     x = x.astype(self.dtype)

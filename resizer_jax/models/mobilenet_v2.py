@@ -50,13 +50,15 @@ class MobileNetV2(nn.Module):
   """MobileNet-v2 with a global-average-pool + dropout + dense classifier head."""
   num_classes: int = 1000
   dropout_rate: float = 0.2
+  # The running statistics' decay (PyTorch's momentum is 1 - this); 0 keeps the last batch's.
+  bn_momentum: float = 0.9
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=1e-5, dtype=self.dtype)
 
     x = x.astype(self.dtype)

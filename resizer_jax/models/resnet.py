@@ -71,6 +71,8 @@ class ResNet(nn.Module):
   small_stem: bool = False
   zero_init_residual: bool = True
   dropout_rate: float = 0.0
+  # The running statistics' decay (PyTorch's momentum is 1 - this); 0 keeps the last batch's.
+  bn_momentum: float = 0.9
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -81,7 +83,7 @@ class ResNet(nn.Module):
                              kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
                              conv_general_dilated=pointwise_conv)
     last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=1e-5, dtype=self.dtype)
     block_cls = {"basic": BasicBlock, "bottleneck": BottleneckBlock}[self.block]
 
