@@ -103,12 +103,13 @@ def get_config(arg=None):
 def sweep(add, arg=None):
   """Target sizes x {bilinear, learned, capacity control, muller} x 5 seeds, 40 runs.
 
-    python -m resizer_jax.sweep --config=configs/demo.py:ema=0.99,recompute=16,variants \
-        --workdir=runs/demo_sweep
+    python -m resizer_jax.sweep --workers=2 --workdir=runs/demo_sweep \
+        --config=configs/demo.py:input=96,epochs=8,eval_every=0,ema=0.99,recompute=8,variants
 
-  The arguments after the colon apply to every point: there, each run's last eval also reports
-  every BatchNorm-stable eval variant (docs/evaluation.md). With `tiny` (configs/demo.py:tiny):
-  2 sizes x {bilinear, learned} x 2 seeds, for tests.
+  The arguments after the colon apply to every point: shortened to fit a CPU (39 min on 2 cores),
+  one eval at the end that also reports every eval variant (docs/evaluation.md). Its results are
+  docs/demo_sweep/. With `tiny` (configs/demo.py:tiny): 2 sizes x {bilinear, learned} x 2 seeds,
+  for tests.
   """
   from resizer_jax.sweep import grid  # pylint: disable=g-import-not-at-top
   if "tiny" in (arg or "").split(","):

@@ -101,10 +101,11 @@ def get_config(arg=None):
 def sweep(add, arg=None):
   """{bicubic, learned, muller} x 5 seeds at 16 px, 15 runs.
 
-    python -m resizer_jax.sweep --config=configs/demo_iqa.py:input=96,epochs=12,eval_every=0,variants \
-        --workdir=runs/demo_iqa_sweep --workers=2
+    python -m resizer_jax.sweep --workdir=runs/demo_iqa_sweep \
+        --config=configs/demo_iqa.py:input=96,epochs=12,eval_every=0,ema=0.99,recompute=8,variants
 
-  The arguments after the colon apply to every point (see configs/demo.py's sweep). With `tiny`
+  The arguments after the colon apply to every point (see configs/demo.py's sweep); its results
+  are docs/demo_iqa_sweep/. With `tiny`
   (configs/demo_iqa.py:tiny): 2 sizes x {bicubic, learned} x 2 seeds, for tests.
   """
   from resizer_jax.sweep import grid  # pylint: disable=g-import-not-at-top

@@ -314,13 +314,13 @@ def _plot(cells, metric, path):
     label = ", ".join(f"{k}={v}" for k, v in key if k != "target")
     lines.setdefault(label, []).append((x, *mean_ci(list(by_seed.values()))))
   fig, ax = plt.subplots(figsize=(6, 4))
-  for label, pts in sorted(lines.items()):
+  for i, (label, pts) in enumerate(sorted(lines.items())):
     x, mean, half = map(np.asarray, zip(*sorted(pts)))
-    ax.plot(x, mean, marker="o", label=label)
-    half = np.nan_to_num(half)
-    ax.fill_between(x, mean - half, mean + half, alpha=0.2)
+    # Side by side at each target, so that the intervals do not hide each other.
+    ax.errorbar(x + 0.25 * (i - (len(lines) - 1) / 2), mean, yerr=np.nan_to_num(half), marker="o",
+                capsize=3, label=label)
   ax.set_xlabel("target resolution (px)")
-  ax.set_ylabel(f"{metric} (mean ± 95% CI over seeds)")
+  ax.set_ylabel(f"{metric}\n(mean ± 95% CI over seeds)")
   ax.legend(fontsize=8)
   fig.tight_layout()
   png = io.BytesIO()
