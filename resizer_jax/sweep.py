@@ -153,9 +153,10 @@ def run(config: str, workdir: str, workers: int = 1) -> list[dict]:
     raise ValueError(f"workers={workers}: at least 1 process must train the points")
   others = [subprocess.Popen([sys.executable, "-m", "resizer_jax.sweep", f"--config={config}",
                               f"--workdir={workdir}", "--only_train"]) for _ in range(workers - 1)]
+  finished = False
   try:
     finished = _train_points(config, workdir)
-  finally:
+  finally:  # The other workers finish their points, also when this one failed.
     finished = all([p.wait() == 0 for p in others]) and finished
   found = [(p, _result(p, os.path.join(workdir, p["name"]))) for p in points(config)]
   rows = [row for _, row in found if row is not None]
