@@ -255,6 +255,10 @@ def variants(a) -> list[tuple[str, str | None]]:
   """(resizer, formulation) to time: every formulation for a learned resizer, none for the rest."""
   formulations = list(dict.fromkeys(conv.resolve_formulation(f, jax.default_backend())
                                     for f in a.formulation))
+  if "fused" in formulations and jax.default_backend() == "cpu":
+    raise ValueError("formulation 'fused' runs in Pallas' interpret mode on the CPU (for tests), "
+                     "far slower than any other; time it on a GPU, or pick from: "
+                     f"{', '.join(f for f in conv.FORMULATIONS if f != 'fused')}")
   return [(r, f) for r in dict.fromkeys(a.resizer)
           for f in (formulations if r in FORMULATED else (None,))]
 

@@ -99,6 +99,8 @@ def test_bench_times_resizers_and_formulations_in_turn_each_round_with_the_refer
     (["--workload=resizer", "--resizer=bilinear"], "bilinear has no parameters"),
     (["--resizer=muller", "--torch"], "the PyTorch reference has no muller resizer"),
     (["--formulation=plain,fast"], "unknown resizer formulation 'fast'; valid: auto, plain"),
+    (["--formulation=plain,fused"], "formulation 'fused' runs in Pallas' interpret mode on the "
+     "CPU (for tests), far slower than any other; time it on a GPU, or pick from: plain, s2d"),
 ])
 def test_bench_refuses_what_it_cannot_time_in_one_line(args, error, capsys):
   with pytest.raises(SystemExit):

@@ -10,6 +10,7 @@ from helpers import REPO
 from resizer_jax import models
 from resizer_jax.config_args import load_config
 from resizer_jax.models import conv
+from resizer_jax.models import fused_stem
 from resizer_jax.models.resizer import LearnedResizer
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -108,4 +109,58 @@ def test_config_chooses_the_formulation_auto_by_platform_and_refuses_unknown_nam
   with pytest.raises(ValueError) as error:
     model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   assert error.value.args == ("unknown resizer formulation 'im2col'; valid: auto, plain, s2d, pad4, "
-                              "pad8",)
+                              "pad8, fused",)
+
+
+@pytest.mark.parametrize("hw,out_hw", [
+    ((24, 36), (12, 6)),  # Factors 2 and 6 (one and two tap phases), columns padded to 8.
+    ((12, 12), (12, 12)),  # 1x, as the capacity control's stem runs.
+])
+def test_the_fused_stem_is_the_plain_layers_values_and_gradients(hw, out_hw):
+  """The Pallas kernel (interpret mode here) against XLA's layers: its three outputs, and the
+  gradients of all four parameters and of the image."""
+  rng = np.random.default_rng(0)
+  normal = lambda *shape, s=1.0: jnp.asarray(s * rng.standard_normal(shape), jnp.float32)
+  args = (normal(2, *hw, 3), normal(7, 7, 3, 16, s=0.1), normal(16, s=0.1), normal(16, 16, s=0.3),
+          normal(16, s=0.1))
+  assert fused_stem.applies(hw, out_hw, "bilinear", False)
+  cotangents = (normal(2, *out_hw, 16), normal(16), normal(16))
+  want, want_vjp = jax.vjp(lambda *a: fused_stem.reference(*a, out_hw), *args)
+  got, got_vjp = jax.vjp(lambda *a: fused_stem.stem(*a, out_hw), *args)
+  for what, g, r in zip(("resized", "mean", "mean of squares"), got, want):
+    assert g.shape == r.shape and _rel(g, r) <= 1e-5, what
+  for what, g, r in zip(("image", "w1", "b1", "w2", "b2"), got_vjp(cotangents),
+                        want_vjp(cotangents)):
+    assert g.shape == r.shape and _rel(g, r) <= 1e-5, what
+
+
+def test_the_fused_stem_takes_integer_bilinear_downscales_only():
+  assert fused_stem.applies((448, 448), (224, 224), "bilinear", False)
+  assert fused_stem.applies((96, 96), (16, 16), "bilinear", False)
+  assert not fused_stem.applies((448, 448), (224, 224), "bilinear", True)  # Antialiased: wider taps.
+  assert not fused_stem.applies((448, 448), (224, 224), "bicubic", False)
+  assert not fused_stem.applies((448, 448), (300, 300), "bilinear", False)  # Not an integer factor.
+  assert not fused_stem.applies((112, 112), (224, 224), "bilinear", False)  # An upscale.
+  # Where it does not apply, "fused" is the plain resizer: same function, no Pallas call.
+  x = jnp.zeros((1, 30, 30, 3))
+  jaxpr = str(jax.make_jaxpr(lambda x: LearnedResizer(output_size=16, formulation="fused").init(
+      jax.random.key(0), x))(x))
+  assert "pallas_call" not in jaxpr
+  fused = lambda x: LearnedResizer(output_size=15, formulation="fused").init(jax.random.key(0), x)
+  assert "pallas_call" in str(jax.make_jaxpr(fused)(x))
+  # nn.Conv's initial values too, not only its tree: a fused run starts where a plain one does.
+  plain = LearnedResizer(output_size=15, formulation="plain").init(jax.random.key(0), x)
+  assert jax.tree.all(jax.tree.map(np.array_equal, jax.jit(fused)(x), plain))
+
+
+def test_the_fused_stem_lowers_for_a_gpu_without_one(monkeypatch):
+  """Pallas' Triton lowering (which needs no GPU) accepts both kernels at the paper's 448 -> 224:
+  shapes that are powers of two, no captured constants. Whether Triton then compiles them, and how
+  fast they run, only a GPU can say."""
+  monkeypatch.setattr(fused_stem, "_interpret", lambda: False)
+  x, w1, b, w2 = jnp.zeros((2, 448, 448, 3)), jnp.zeros((7, 7, 3, 16)), jnp.zeros(16), jnp.zeros((16, 16))
+  loss = lambda *a: sum(jnp.sum(t) for t in fused_stem.stem(*a, (224, 224)))
+  lowered = jax.jit(jax.grad(loss, argnums=(1, 2, 3, 4))).trace(x, w1, b, w2, b).lower(
+      lowering_platforms=("cuda",)).as_text()
+  assert lowered.count("fused_stem_forward") >= 1 and lowered.count("fused_stem_backward") >= 1
+  assert "__gpu$xla.gpu.triton" in lowered

@@ -156,7 +156,8 @@ def test_stem_bn_applied_after_the_resize_is_batchnorm_then_resize(train, method
   ours = resizer_lib.ResizedBatchNorm(**kwargs)
   theirs = flax.linen.BatchNorm(**kwargs)
   variables = theirs.init(jax.random.key(0), x)
-  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x, size)) == jax.tree.map(
+  x_moments = lambda: resizer_lib.moments(x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), lambda: size(x), x_moments)) == jax.tree.map(
       jnp.shape, variables)
   variables = {"params": {"scale": jnp.linspace(0.5, 2.0, 16), "bias": jnp.linspace(-1, 1, 16)},
                "batch_stats": {"mean": jnp.full(16, 2.5), "var": jnp.full(16, 3.0)}}
@@ -166,7 +167,8 @@ def test_stem_bn_applied_after_the_resize_is_batchnorm_then_resize(train, method
     out, updates = f({**variables, "params": params}, x)
     return jnp.sum(out * probe), (out, updates)
 
-  run_ours = lambda v, x: ours.apply(v, x, size, mutable=["batch_stats"])
+  run_ours = lambda v, x: ours.apply(v, lambda: size(x), lambda: resizer_lib.moments(x),
+                                    mutable=["batch_stats"])
   run_theirs = lambda v, x: (lambda y, u: (size(y), u))(*theirs.apply(v, x, mutable=["batch_stats"]))
   (_, (out_a, upd_a)), g_a = jax.value_and_grad(loss, (0, 1), has_aux=True)(
       variables["params"], x, run_ours)

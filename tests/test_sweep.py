@@ -8,10 +8,14 @@ import socket
 import subprocess
 import sys
 
+import jax
+from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
 from resizer_jax import sweep
+from resizer_jax import train
+from resizer_jax.config_args import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = f"{REPO}/configs/demo.py:tiny"
@@ -56,7 +60,16 @@ def test_mean_ci_is_the_t_interval():
 def test_tiny_sweep_trains_reruns_without_retraining_and_aggregates(data_dir, tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
   workdir = str(tmp_path)
-  rows = sweep.run(TINY, workdir, workers=2)  # This process and one more take turns.
+  # This process without the test session's compilation cache (conftest.py): it uses the sweep's.
+  # The other worker inherits $JAX_COMPILATION_CACHE_DIR, which a sweep leaves to the user's.
+  session_cache = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", None)
+  try:
+    rows = sweep.run(TINY, workdir, workers=2)  # This process and one more take turns.
+    after = jax.config.jax_compilation_cache_dir
+  finally:
+    jax.config.update("jax_compilation_cache_dir", session_cache)
+    compilation_cache.reset_cache()
   assert len(rows) == 8
   for point in sweep.points(TINY):  # Each point trained once, by one process; no lock left.
     steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, point["name"], "metrics.jsonl"))]
@@ -65,6 +78,16 @@ def test_tiny_sweep_trains_reruns_without_retraining_and_aggregates(data_dir, tm
   assert {(r["target"], r["resizer"], r["seed"]) for r in rows} == {
       (t, r, s) for t in (8, 16) for r in ("bilinear", "learned") for s in (0, 1)}
   assert all(r["step"] == 12 and 0 <= r["eval/accuracy"] <= 1 for r in rows)
+
+  # Later points loaded the compiled steps of earlier ones from the sweep's cache, and trained what
+  # a point compiled afresh trains; the cache is this process's no longer.
+  assert len(os.listdir(os.path.join(workdir, sweep.COMPILE_CACHE))) >= 2
+  assert after is None
+  point = sweep.points(TINY)[-1]
+  train.train_and_evaluate(load_config(f"{REPO}/configs/demo.py:{point['arg']}"), str(tmp_path / "cold"))
+  with open(tmp_path / "cold" / "result.json") as cold, open(
+      os.path.join(workdir, point["name"], "result.json")) as cached:
+    assert json.load(cold) == json.load(cached)
 
   checkpoints = {p: p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("checkpoints/*")}
   assert sweep.run(TINY, workdir) == rows

@@ -2,19 +2,21 @@
 # Issue #15's GPU rows of docs/performance.md in one call, under 10 minutes on one H200: ours and the
 # PyTorch reference (python -m resizer_jax.bench_torch) on the same GPU, in interleaved rounds.
 #   1. train step, learned vs bilinear resizer: images/s, overhead ratio, the reference's, MFU;
-#   2. the resizer alone under each formulation of its full-resolution convolutions (models/conv.py).
+#   2. the resizer alone under each formulation of its full-resolution convolutions (models/conv.py),
+#      "fused" being the Pallas stem (models/fused_stem.py), in both.
 # Needs a CUDA host with the project installed (pip install -e ".[torch]" plus the jax CUDA plugin).
 # JSON lines go to $OUT (or docs/gpu/) as gpu_<date>.jsonl; a markdown table is printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-docs/gpu}/gpu_$(date +%F_%H%M).jsonl"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out.gpu"
-b() { timeout 300 python -m resizer_jax.bench --dtype=bfloat16 --batch=256 --steps=20 --warmup=3 \
-        --rounds=2 --torch "$@" | tail -n 1 | tee -a "$out"; }
-# About 4 minutes: two compiles (about 50 s and 30 s) and four reference runs.
-b --workload=train --resizer=learned,bilinear
-# About 3 minutes: three compiles of the resizer step (about 30 s each) and two reference runs.
-b --workload=resizer --formulation=plain,s2d,pad8
+b() { timeout "$1" python -m resizer_jax.bench --dtype=bfloat16 --batch=256 --steps=20 --warmup=3 \
+        --rounds=2 --torch "${@:2}" | tail -n 1 | tee -a "$out"; }
+# About 5 minutes: three compiles (about 50, 50 and 30 s; the fused one not timed yet) and four
+# reference runs.
+b 330 --workload=train --resizer=learned,bilinear --formulation=plain,fused
+# About 3.5 minutes: four compiles of the resizer step (about 30 s each) and two reference runs.
+b 240 --workload=resizer --formulation=plain,s2d,pad8,fused
 python - "$out" << 'PY'
 import json, sys
 print("| workload | device | dtype | batch | formulation | ours (img/s) | bilinear step (img/s) | "
@@ -26,10 +28,12 @@ for line in open(sys.argv[1]):
     if v["resizer"] == "bilinear":
       continue
     first = v["formulation"] == r["formulation"]
-    overhead = f"{r['overhead_ratio']}; {r['torch_overhead_ratio']}" if "overhead_ratio" in r else ""
+    bilinear = r.get("images_per_s_by_resizer", {}).get("bilinear")
+    # Each formulation's own overhead; the reference's is quoted once.
+    overhead = (f"{v['images_per_s'] / bilinear:.3f}" + (f"; {r['torch_overhead_ratio']}" if first
+                                                         else "")) if bilinear else ""
     torch = r["torch_images_per_s"]
     print(f"| {r['workload']} | {r['device_kind']} | {r['dtype']} | {r['batch']} | "
           f"{v['formulation']} | {v['images_per_s']} | "
-          f"{r.get('images_per_s_by_resizer', {}).get('bilinear', '') if first else ''} | "
-          f"{overhead if first else ''} | {torch} | {v['images_per_s'] / torch:.2f} | {v['mfu']} |")
+          f"{bilinear if bilinear and first else ''} | {overhead} | {torch} | {v['images_per_s'] / torch:.2f} | {v['mfu']} |")
 PY

@@ -124,6 +124,10 @@ FORMULATIONS = {
     "s2d": space_to_depth_conv,
     "pad4": functools.partial(channel_padded_conv, multiple=4),
     "pad8": functools.partial(channel_padded_conv, multiple=8),
+    # The stem (7x7, LeakyReLU, 1x1, LeakyReLU, resize, BatchNorm statistics) as one Pallas kernel
+    # (models/fused_stem.py), for the integer bilinear downscales it computes; every other
+    # convolution, the tail's 7x7 included, is the plain one.
+    "fused": jax.lax.conv_general_dilated,
 }
 # What "auto" picks, by platform: the fastest formulation as measured by the bench. CPU: the plain
 # convolution (2-core x86, 2026-12-02: space-to-depth 0.61x, pad4 1.0x, pad8 0.82x on the resizer

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resizer_jax.models import fused_stem
 from resizer_jax.models.conv import FORMULATIONS, pointwise_conv, resolve_formulation
 
 # Interpolations of the fixed resizers. "area" is the box filter over each output pixel's footprint
@@ -137,14 +138,23 @@ class FixedResizer(nn.Module):
                   self.antialias)
 
 
+def moments(x):
+  """(E[x], E[x^2]) per channel over batch and pixels, float32: BatchNorm's statistics."""
+  xf = x.astype(jnp.float32)
+  return jnp.mean(xf, axis=(0, 1, 2)), jnp.mean(jnp.square(xf), axis=(0, 1, 2))
+
+
 class ResizedBatchNorm(nn.Module):
-  """`resize(nn.BatchNorm(...)(x))` with fewer passes over the full-resolution `x`.
+  """`resize(nn.BatchNorm(...)(x))` with fewer passes over the full-resolution `x`, called as
+  `(lambda: resize(x), lambda: moments(x))`.
 
   The statistics are x's, as BatchNorm's, but the affine map is applied after `resize`: every resize
   here is linear with weights summing to one, so the two orders agree up to float rounding, and the
   normalised full-resolution tensor (and, going backward, its gradient and two reductions) never
   exists. The variables are BatchNorm's own names, shapes and initial values, so checkpoints of
-  either load into the other.
+  either load into the other. `x_moments` is called in training only, and before `resized`: the
+  order the plain path has always traced in, so its compiled step, and a run's every bit, stay
+  what they were before the fused stem shared this module.
   """
   use_running_average: bool
   momentum: float
@@ -152,24 +162,36 @@ class ResizedBatchNorm(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, resize_fn):
-    features = (x.shape[-1],)
+  def __call__(self, resized, x_moments):
+    features = (jax.eval_shape(resized).shape[-1],)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
     if self.use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
-      # BatchNorm's statistics: float32, E[x^2] - E[x]^2 clipped at zero (use_fast_variance).
-      xf = x.astype(jnp.float32)
-      mean = jnp.mean(xf, axis=(0, 1, 2))
-      var = jnp.maximum(0.0, jnp.mean(jnp.square(xf), axis=(0, 1, 2)) - jnp.square(mean))
+      # BatchNorm's: E[x^2] - E[x]^2 clipped at zero (use_fast_variance).
+      mean, mean_sq = x_moments()
+      var = jnp.maximum(0.0, mean_sq - jnp.square(mean))
       if not self.is_initializing():
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
-    y = (resize_fn(x) - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    y = (resized() - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
     return y.astype(self.dtype)
+
+
+class ConvParams(nn.Module):
+  """nn.Conv's parameters (same names, shapes and initialisers), for code that computes the
+  convolution itself (the fused stem): the parameter tree stays nn.Conv's."""
+  kernel_size: tuple[int, int]
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param("kernel", nn.linear.default_kernel_init,
+                        (*self.kernel_size, in_features, self.features), jnp.float32)
+    return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
 
 
 class ResBlock(nn.Module):
@@ -234,13 +256,22 @@ class LearnedResizer(nn.Module):
     if self.features_at_target:
       x = skip
       size = lambda h: h
-    conv7x7 = functools.partial(conv, conv_general_dilated=FORMULATIONS[
-        resolve_formulation(self.formulation, jax.default_backend())])
-    h = nn.leaky_relu(conv7x7(n, (7, 7), name="stem_conv7x7")(x), 0.2)
-    h = nn.leaky_relu(conv(n, (1, 1), conv_general_dilated=pointwise_conv, name="stem_conv1x1")(h),
-                      0.2)
-    b = ResizedBatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, dtype=self.dtype, name="stem_bn")(h, size)
+    formulation = resolve_formulation(self.formulation, jax.default_backend())
+    conv7x7 = functools.partial(conv, conv_general_dilated=FORMULATIONS[formulation])
+    stem_bn = ResizedBatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                               epsilon=self.bn_epsilon, dtype=self.dtype, name="stem_bn")
+    fused_hw = out_hw if not self.features_at_target else x.shape[1:3]
+    if formulation == "fused" and fused_stem.applies(x.shape[1:3], fused_hw, self.interpolation,
+                                                     self.antialias):
+      w1, b1 = ConvParams((7, 7), n, name="stem_conv7x7")(x.shape[-1])
+      w2, b2 = ConvParams((1, 1), n, name="stem_conv1x1")(n)
+      resized, mean, mean_sq = fused_stem.stem(x, w1, b1, w2[0, 0], b2, fused_hw, self.dtype)
+      b = stem_bn(lambda: resized, lambda: (mean, mean_sq))
+    else:
+      h = nn.leaky_relu(conv7x7(n, (7, 7), name="stem_conv7x7")(x), 0.2)
+      h = nn.leaky_relu(conv(n, (1, 1), conv_general_dilated=pointwise_conv,
+                             name="stem_conv1x1")(h), 0.2)
+      b = stem_bn(lambda: size(h), lambda: moments(h))
     h = b
     for i in range(self.num_res_blocks):
       h = ResBlock(n, conv, norm, name=f"res_block{i}")(h)
