@@ -170,8 +170,10 @@ def _backward_kernel(x_ref, w1_ref, b1_ref, w2_ref, b2_ref, gy_ref, gs1_ref, gs2
 
 
 def _layout(x_shape, w1_shape, out_hw):
-  """The grid and padding: target rows in bands of ROWS, target columns padded to a power of two
-  (block shapes a GPU lowering accepts), the image padded to match (zeros: the 7x7's SAME)."""
+  """The phase weights per axis, and the grid and padding: target rows in bands of ROWS, target
+  columns padded to a power of two (block shapes a GPU lowering accepts), the image padded to match
+  (zeros: the 7x7's SAME)."""
+  weights = tuple(tuple(phase_weights(i, o)) for i, o in zip(x_shape[1:3], out_hw))
   n, h, w, _ = x_shape
   kh, kw = w1_shape[:2]
   k = (h // out_hw[0], w // out_hw[1])
@@ -179,7 +181,7 @@ def _layout(x_shape, w1_shape, out_hw):
   cols = pl.next_power_of_2(out_hw[1])
   pad_h = (kh // 2, bands * ROWS * k[0] + kh - 1 - kh // 2 - h)
   pad_w = (kw // 2, cols * k[1] + kw - 1 - kw // 2 - w)
-  return n, k, bands, cols, ((0, 0), pad_h, pad_w, (0, 0))
+  return weights, n, k, bands, cols, ((0, 0), pad_h, pad_w, (0, 0))
 
 
 def _specs(x_pad, w1, b1, w2, b2):
@@ -198,8 +200,7 @@ def _interpret() -> bool:
 
 
 def _stem(x, w1, b1, w2, b2, out_hw, dtype):
-  weights = tuple(tuple(phase_weights(i, o)) for i, o in zip(x.shape[1:3], out_hw))
-  n, k, bands, cols, pads = _layout(x.shape, w1.shape, out_hw)
+  weights, n, k, bands, cols, pads = _layout(x.shape, w1.shape, out_hw)
   feats = w1.shape[-1]
   x_pad = jnp.pad(x.astype(jnp.float32), pads)
   partial = lambda: jax.ShapeDtypeStruct((n, bands, feats), jnp.float32)
@@ -248,8 +249,7 @@ def _stem_fwd(x, w1, b1, w2, b2, out_hw, dtype):
 def _stem_bwd(out_hw, dtype, residuals, cotangents):
   x, w1, b1, w2, b2 = residuals
   gy, g_mean, g_mean_sq = cotangents
-  weights = tuple(tuple(phase_weights(i, o)) for i, o in zip(x.shape[1:3], out_hw))
-  n, k, bands, cols, pads = _layout(x.shape, w1.shape, out_hw)
+  weights, n, k, bands, cols, pads = _layout(x.shape, w1.shape, out_hw)
   count = n * x.shape[1] * x.shape[2]
   x_pad = jnp.pad(x.astype(jnp.float32), pads)
   gy = jnp.pad(gy.astype(jnp.float32),
