@@ -32,6 +32,16 @@ crops as NIMA's (rescale, then a random square crop of 224/256 of it)
 but keeping the aspect ratio, so that train and eval images are rescaled alike. The metrics
 (resizer_jax/metrics.py) are PLCC and SRCC of the mean score -- raw, no logistic fit -- binary
 accuracy at 5, mean EMD, and the correlations of the score's standard deviation.
+
+The IQA rows of Table 1 as one staged sweep (each backbone's bicubic baseline from its ImageNet run,
+then per seed the learned resizer and the controls fine-tuned from that baseline; `sweep` below):
+
+  python -m resizer_jax.sweep --config=configs/ava.py:imagenet=gs://BUCKET/table1 \
+      --workdir=gs://BUCKET/ava_table1 --config.data.manual_dir=/data/ava --dry_run
+
+Sweep arguments: imagenet=DIR (required: the workdir of configs/imagenet.py's Table 1 sweep, whose
+bilinear baselines start these; or DIR/{backbone}, any run per backbone), table1=all|<backbone>[+...],
+seeds=3, baselines=1.
 """
 import ml_collections
 
@@ -40,7 +50,7 @@ from resizer_jax import config_args
 
 def get_config(arg=None):
   arg = config_args.parse_arg(arg, backbone="inception_v2", resizer="learned", input=448, target=224,
-                              antialias=False, seed=0, finetune=False)
+                              antialias=False, seed=0, finetune=False, **SWEEP_ARGS)
   config = ml_collections.ConfigDict()
   config.seed = arg["seed"]
   config.task = "iqa"
@@ -99,4 +109,42 @@ def get_config(arg=None):
   config.max_checkpoints_to_keep = 3
   config.num_pictures = 4  # Eval images shown as original | baseline | learned.
   config_args.evaluation(config)  # Running BatchNorm statistics, no EMA (docs/evaluation.md).
+  if arg["imagenet"] and not arg["finetune"]:  # Stage 1 from the backbone's ImageNet run.
+    config.init_from = _imagenet_run(arg["imagenet"], arg["backbone"])
   return config
+
+
+def _imagenet_run(where: str, backbone: str) -> str:
+  """DIR/{backbone} with the name filled in, or else the workdir of configs/imagenet.py's Table 1
+  sweep, whose baseline point for `backbone` this is."""
+  if "{backbone}" in where:
+    return where.format(backbone=backbone)
+  return f"{where.rstrip('/')}/backbone={backbone},resizer=bilinear,input=224,target=224,seed=0"
+
+
+# The paper's Table 1, AVA PLCC (docs/paper.md), beside the sweep's results.
+PAPER = {"inception_v2": {"bicubic": 0.662, "learned": 0.686},
+         "densenet121": {"bicubic": 0.662, "learned": 0.683},
+         "efficientnet_b0": {"bicubic": 0.642, "learned": 0.671}}
+# Arguments of sweep() (get_config accepts them: the sweep's argument is every point's).
+SWEEP_ARGS = dict(table1="all", seeds=3, baselines=1, imagenet="")
+# Fine-tuned from each baseline: the learned resizer, bicubic for the same epochs, the capacity
+# control and MULLER (each on the bicubic resize, the paper's IQA baseline).
+FINETUNES = ("learned", "bicubic", "control", "muller")
+
+
+def sweep(add, arg=None):
+  """Table 1's AVA rows: per backbone a bicubic 448 -> 224 baseline (the paper's IQA baseline
+  resizer) whose backbone comes from `imagenet`, with a fresh 10-way head; then per seed, from it,
+  the fine-tunes of FINETUNES (stage 2: backbone and head from the baseline)."""
+  a = config_args.parse_arg(arg, **SWEEP_ARGS)
+  if not a["imagenet"]:
+    raise ValueError("configs/ava.py's sweep needs imagenet=DIR: the ImageNet Table 1 sweep's "
+                     "workdir (or DIR/{backbone}), whose runs start the baselines' backbones")
+  backbones = tuple(PAPER) if a["table1"] == "all" else tuple(a["table1"].split("+"))
+  for backbone in backbones:
+    bases = [add(backbone=backbone, resizer="bicubic", seed=s) for s in range(a["baselines"])]
+    for resizer in FINETUNES:
+      for seed in range(a["seeds"]):
+        add(backbone=backbone, resizer=resizer, finetune=True, seed=seed,
+            init_from=bases[seed % len(bases)])

@@ -20,6 +20,23 @@ times the device count, and the learning rate scales with it (0.05 at a global b
 Where the paper is silent we say so: the per-device batches, the reference batch of 256, the
 warm-up and the epoch counts are our choices (the batch shrinks as the input grows, as the paper
 says it does); the rest follows docs/paper.md.
+
+Table 1 (ImageNet rows) as one staged sweep (`sweep` below; docs/launch.md for the launchers):
+
+  python -m resizer_jax.sweep --config=configs/imagenet.py --workdir=gs://BUCKET/table1 \
+      --plan --devices=16 --processes=4 --throughput=docs/throughput/h200.jsonl   # v4-32: the cost
+  python -m resizer_jax.sweep --config=configs/imagenet.py --workdir=gs://BUCKET/table1 \
+      --launch=tpu --launch_args=--zone=us-central2-b,--accelerator=v4-32   # then --collect
+  # One row: --grid is not for staged sweeps; give the row's backbone instead:
+  python -m resizer_jax.sweep --config=configs/imagenet.py:table1=resnet50 --workdir=... --dry_run
+  # The rehearsal on a CPU (fake ILSVRC, tests/test_table1.py):
+  python -m resizer_jax.sweep --config=configs/imagenet.py:tiny --workdir=runs/table1_tiny \
+      --config.data.data_dir=DIR --config.data.manual_dir=MANUAL
+
+Sweep arguments: table1=all|<backbone>[+<backbone>...], seeds=3 (fine-tune seeds), baselines=1
+(baseline seeds; fine-tune seed s starts from baseline s mod baselines), inputs=448 (the fine-tunes'
+resizer inputs, e.g. 224+320+448), pretrained=DIR/{backbone} (baselines start from converted
+published weights, `python -m resizer_jax.convert`, instead of from scratch).
 """
 import ml_collections
 
@@ -28,7 +45,7 @@ from resizer_jax import config_args
 
 def get_config(arg=None):
   arg = config_args.parse_arg(arg, backbone="resnet50", resizer="learned", input=448, target=224,
-                              antialias=False, seed=0, finetune=False)
+                              antialias=False, seed=0, finetune=False, tiny=False, **SWEEP_ARGS)
   config = ml_collections.ConfigDict()
   config.seed = arg["seed"]
 
@@ -87,4 +104,59 @@ def get_config(arg=None):
   config.max_checkpoints_to_keep = 3
   config.num_pictures = 4  # Eval images shown as original | baseline | learned.
   config_args.evaluation(config)  # Running BatchNorm statistics, no EMA (docs/evaluation.md).
+  if arg["pretrained"] and not arg["finetune"]:  # A baseline from published weights.
+    config.init_from = arg["pretrained"].format(backbone=arg["backbone"])
+  if arg["tiny"]:
+    _tiny(config, arg["finetune"])
   return config
+
+
+def _tiny(config, finetune: bool):
+  """CI-sized: a few steps on the fake ILSVRC2012 (resizer_jax/data/imagenet_fixture.py), float32,
+  a global batch of 8 on any device count that divides it."""
+  config.dtype = "float32"
+  config.per_device_batch_size = config.per_device_eval_batch_size = 0
+  config.batch_size = config.eval_batch_size = 8
+  config.num_train_steps = 4 if finetune else 8
+  config.eval_every_epochs = config.checkpoint_every_epochs = 0.0
+  config.log_every_steps = 4
+  config.data.shuffle_buffer = 64
+  config.num_pictures = 0
+
+
+# The paper's Table 1, ImageNet top-1 error in percent (docs/paper.md), beside the sweep's results.
+PAPER = {"inception_v2": {"bilinear": 26.7, "learned": 24.0},
+         "densenet121": {"bilinear": 33.1, "learned": 29.8},
+         "resnet50": {"bilinear": 24.7, "learned": 23.0},
+         "mobilenet_v2": {"bilinear": 29.5, "learned": 28.4}}
+# Arguments of sweep() (get_config accepts and ignores them, so that the sweep's argument is every
+# point's): see the module docstring.
+SWEEP_ARGS = dict(table1="all", seeds=3, baselines=1, inputs="448", pretrained="")
+# Fine-tuned from each baseline: the learned resizer and the controls an honest reader needs.
+FINETUNES = ("learned", "bilinear", "control", "muller")
+
+
+def sweep(add, arg=None):
+  """Table 1's ImageNet rows. Per backbone a baseline with the fixed bilinear resizer at input 224,
+  224 -> 224: the resolution these backbones are conventionally trained and reported at, which is
+  what the paper's baseline rows are (it trains its baselines with bilinear resizing and fine-tunes
+  the resizer from them). Then, per seed and from that baseline, a fine-tune at each of `inputs`
+  -> 224 of: the learned resizer; bilinear, fine-tuned for the same epochs (extra training is not
+  credited to the resizer); the capacity control (the same layers after the bilinear downscale);
+  MULLER. `tiny`: resnet_tiny and mobilenet_v2, learned and bilinear fine-tunes, 2 seeds, 64 -> 32
+  px (baselines at 32 -> 32).
+  """
+  a = config_args.parse_arg(arg, tiny=False, **SWEEP_ARGS)
+  backbones = ("resnet_tiny", "mobilenet_v2") if a["tiny"] else (
+      tuple(PAPER) if a["table1"] == "all" else tuple(a["table1"].split("+")))
+  seeds = 2 if a["tiny"] and a["seeds"] == SWEEP_ARGS["seeds"] else a["seeds"]
+  target = 32 if a["tiny"] else 224
+  inputs = (64,) if a["tiny"] else tuple(int(i) for i in a["inputs"].split("+"))
+  for backbone in backbones:
+    bases = [add(backbone=backbone, resizer="bilinear", input=target, target=target, seed=s)
+             for s in range(a["baselines"])]
+    for size in inputs:
+      for resizer in FINETUNES[:2] if a["tiny"] else FINETUNES:
+        for seed in range(seeds):
+          add(backbone=backbone, resizer=resizer, input=size, target=target, finetune=True,
+              seed=seed, init_from=bases[seed % len(bases)])

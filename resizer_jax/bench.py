@@ -21,8 +21,15 @@ or CUDA as JAX runs) runs once per round for each resizer, after ours, and the J
 images/s and our ratio to it — compare ratios, not absolute times: machines are noisy. The JSON
 also carries the load average before and after, and $XLA_FLAGS (e.g. the CPU's opt-in
 convolutions, docs/performance.md).
+
+--out=FILE appends one JSON line per variant to FILE (JSON Lines: one file can hold several
+backbones, sizes and machines): device kind, platform, device count, backbone, resizer,
+formulation, sizes, dtype, global batch, the variant's images/s as printed, workload and date. The
+`train` workload's records are what `python -m resizer_jax.sweep --plan --throughput=FILE` turns
+into device-hours (resizer_jax/plan.py, which reads them); docs/throughput/ holds measured ones.
 """
 import argparse
+import datetime
 import functools
 import json
 import math
@@ -41,6 +48,7 @@ import numpy as np
 import optax
 
 from resizer_jax import models
+from resizer_jax import plan
 from resizer_jax.config_args import load_config
 from resizer_jax import train
 from resizer_jax.models import conv
@@ -217,6 +225,19 @@ def model_result(a, resizer, formulation, step_times, compile_s, flops, xla_flop
   return result
 
 
+def throughput_record(result: dict, a, argv) -> dict:
+  """One variant's line of a --out file (plan.THROUGHPUT_FIELDS and how it was measured)."""
+  return dict(
+      workload=a.workload, device_kind=result["device_kind"], platform=jax.default_backend(),
+      num_devices=result["devices"], backbone=result["backbone"], resizer=result["resizer"],
+      formulation=result["formulation"], input=a.input, output=a.output, dtype=a.dtype,
+      global_batch=a.batch, images_per_s=result["images_per_s"],
+      date=datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+      source="python -m resizer_jax.bench " + " ".join(argv), step_s=result["step_s"],
+      timed_steps=result["timed_steps"], rounds=a.rounds, jax_version=jax.__version__,
+      xla_flags=result["xla_flags"])
+
+
 def bench_input(a) -> dict:
   """Images/s of the train input pipeline alone, after `--warmup` batches fill its buffers."""
   from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -332,7 +353,18 @@ def main(argv=None):
   p.add_argument("--imagenet_config", default="configs/imagenet.py", help="for resizer/train")
   p.add_argument("--torch", action="store_true",
                  help="also run the PyTorch reference (python -m resizer_jax.bench_torch), same args")
+  p.add_argument("--out", help="append one JSON line per variant to this file (JSON Lines), the "
+                 "throughput records of `python -m resizer_jax.sweep --plan --throughput=FILE`")
+  argv = sys.argv[1:] if argv is None else list(argv)
   a = p.parse_args(argv)
+  if a.out:
+    if a.workload == "input":
+      p.error("--out records the model workloads' throughput (train, resizer); the input "
+              "pipeline's is a host figure, printed only")
+    try:  # Before minutes of timing, not after.
+      plan.append_throughputs(a.out, [])
+    except OSError as e:
+      p.error(f"--out={a.out} cannot be written: {e.strerror}")
   if a.workload == "input":
     result = bench_input(a)
     print(json.dumps(result))
@@ -384,6 +416,10 @@ def main(argv=None):
   result.update(loadavg_before=round(load_before[0], 2), loadavg_after=round(os.getloadavg()[0], 2),
                 cpus=os.cpu_count())
   print(json.dumps(result))
+  if a.out:
+    plan.append_throughputs(a.out, [throughput_record(r, a, argv) for r in results])
+    print(f"appended {len(results)} throughput record{'s' * (len(results) > 1)} to {a.out}",
+          file=sys.stderr)
   return result
 
 

@@ -216,6 +216,20 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config):
   return state
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a checkpoint (read only: nothing is created)."""
+  with manager(workdir) as mngr:
+    return mngr.latest_step() is not None
+
+
+def check_has_checkpoint(workdir: str, what: str):
+  """A FileNotFoundError naming `what` unless `workdir` holds a checkpoint."""
+  if not has_checkpoint(workdir):
+    raise FileNotFoundError(f"{what}={workdir} holds no checkpoint (no {os.path.join(workdir, 'checkpoints')}"
+                            "/<step>); give a finished run's workdir or a converted one "
+                            "(python -m resizer_jax.convert)")
+
+
 def load(workdir: str, step: int | None = None):
   """(step, state as nested dicts of arrays on one local device, meta), whatever mesh saved it."""
   with manager(workdir) as mngr:

@@ -44,6 +44,8 @@ def quiet_console(tensorflow: bool = True):
 
   `tensorflow=False` for a command that never loads TensorFlow: importing it only to silence it
   takes seconds."""
+  # TensorFlow's C++ INFO lines (e.g. tf.data's buffer sizes) read it when TensorFlow loads.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   logging.set_verbosity(logging.WARNING)
   logging.get_absl_handler().addFilter(_quiet_libraries)
   if tensorflow:

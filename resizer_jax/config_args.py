@@ -1,4 +1,5 @@
 """Config files by path, and their short argument: `configs/x.py:resizer=bilinear,target=16,tiny`."""
+import contextlib
 import importlib.util
 import os
 
@@ -95,3 +96,49 @@ def evaluation(config, *, ema_decay: float = 0.0, bn_recompute_batches: int = 0,
   config.bn_recompute_batches = bn_recompute_batches
   config.eval_all_variants = all_variants
   return config
+
+
+def override(config, dotted: str, value):
+  """config.<dotted> = value, as --config.<dotted>=value sets it: a string value is read as the
+  field's type. An unknown field is a ValueError naming the valid ones at that level."""
+  *parents, leaf = dotted.split(".")
+  node = config
+  for i, key in enumerate(parents):
+    if key not in node:
+      raise ValueError(f"config has no field {'.'.join(parents[:i + 1])!r}; valid: "
+                       f"{', '.join(sorted(node.keys()))}")
+    node = node[key]
+  if not hasattr(node, "keys") or leaf not in node:
+    valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none (not a group)"
+    raise ValueError(f"config has no field {dotted!r}; valid at that level: {valid}")
+  current = node[leaf]
+  if isinstance(value, str) and current is not None and not isinstance(current, str):
+    kind = type(current)
+    if kind is bool:
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config.{dotted}={value!r} must be true or false")
+      value = value.lower() in ("true", "1")
+    else:
+      try:
+        value = kind(value)
+      except (TypeError, ValueError):
+        raise ValueError(f"config.{dotted}={value!r} must be of type {kind.__name__}") from None
+  with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
+    for candidate in _readings(value):
+      try:
+        node[leaf] = candidate
+        return
+      except TypeError as e:
+        error = e
+    raise ValueError(f"config.{dotted}={value!r}: {' '.join(str(error).split())}")
+
+
+def _readings(value):
+  """`value`, then (for a string, e.g. into a None placeholder of type int) it read as a number."""
+  yield value
+  if isinstance(value, str):
+    for kind in (int, float):
+      try:
+        yield kind(value)
+      except ValueError:
+        pass

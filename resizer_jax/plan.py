@@ -14,7 +14,9 @@ scales linearly with the global batch (Goyal et al.'s rule, with warm-up); witho
 reference_batch it is used as it is.
 """
 import dataclasses
+import json
 import math
+import os
 
 # Published split sizes and mean encoded bytes per example, for plans made where the data is not
 # prepared. ImageNet: the ILSVRC2012 tars hold 138 GB / 1,281,167 train and 6.3 GB / 50,000 val JPEGs.
@@ -214,3 +216,157 @@ def split_sizes(data_config) -> tuple[int, int, float | None, str]:
   raise FileNotFoundError(f"{data_config.name} is not prepared under data_dir="
                           f"{data_config.get('data_dir')} and its split sizes are not known; "
                           "prepare it first (docs/data.md)")
+
+
+# --- Costs: a plan's steps times a throughput measured by `python -m resizer_jax.bench --out=FILE`.
+#
+# A throughput file holds JSON lines, one per measured variant. The fields every record needs (the
+# bench also writes platform, formulation, source and its timing details):
+THROUGHPUT_FIELDS = ("workload", "device_kind", "num_devices", "backbone", "resizer", "input",
+                     "output", "dtype", "global_batch", "images_per_s", "date")
+
+
+def append_throughputs(path, records) -> None:
+  """Appends `records` to the JSON Lines file `path` (made if missing) in one write of whole lines.
+
+  One O_APPEND write: a reader, or another writer, never sees half a line of ours; a file whose
+  last line lacks its newline gets one first, so that no record is glued to another.
+  """
+  data = "".join(json.dumps(r) + "\n" for r in records).encode()
+  if os.path.dirname(os.fspath(path)):
+    os.makedirs(os.path.dirname(os.fspath(path)), exist_ok=True)
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    size = os.fstat(fd).st_size
+    if not data:  # Only the check that the file can be written (the bench's, before timing).
+      return
+    if size:
+      with open(path, "rb") as f:
+        f.seek(size - 1)
+        if f.read(1) != b"\n":
+          data = b"\n" + data
+    os.write(fd, data)
+  finally:
+    os.close(fd)
+
+
+def read_throughputs(path) -> list[dict]:
+  """The records of a throughput file; a one-line FileNotFoundError or ValueError naming the file,
+  the line and what is wrong with it."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"throughput file {path} does not exist; write one with python -m "
+                            f"resizer_jax.bench --workload=train ... --out={path}")
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"throughput file {path}, line {n}"
+      try:
+        r = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not JSON ({e.msg}); the file must hold one JSON object a "
+                         "line, as python -m resizer_jax.bench --out writes") from None
+      if not isinstance(r, dict):
+        raise ValueError(f"{where}: a JSON {type(r).__name__}, not an object")
+      missing = [k for k in THROUGHPUT_FIELDS if k not in r]
+      if missing:
+        raise ValueError(f"{where}: missing field{'s' * (len(missing) > 1)} {', '.join(missing)}")
+      for key, kind in (("images_per_s", (int, float)), ("num_devices", int),
+                        ("global_batch", int)):
+        if isinstance(r[key], bool) or not isinstance(r[key], kind) or not r[key] > 0:
+          raise ValueError(f"{where}: {key} is {r[key]!r}, not a positive number")
+      records.append(r)
+  return records
+
+
+def _per_device_batch(record) -> float:
+  return record["global_batch"] / record["num_devices"]
+
+
+def find_throughput(records, *, backbone: str, resizer: str, input_size: int, output_size: int,
+                    dtype: str, device_kind: str | None = None, formulation: str | None = None,
+                    per_device_batch: int | None = None) -> dict | None:
+  """The `train` record measured for exactly this point, or None: no interpolation, no nearest match.
+
+  Matches backbone, resizer, input and output size and dtype (the plan's compute dtype) exactly;
+  device_kind (e.g. "NVIDIA H200"; case aside), formulation (of a learned resizer's convolutions;
+  records of resizers without one match any) and per_device_batch too, when given. Records of
+  other workloads (the resizer alone, the input pipeline) time no train step and never match.
+
+  Several matches on different device kinds or formulations are different hardware or programs: a
+  ValueError asks for the one meant. Of the rest, the largest per-device batch (a training run's,
+  rather than a latency probe's), then the latest date, then the last in the file. The record's own
+  batch is not adjusted to the plan's: the cost names it (pass per_device_batch to demand the plan's).
+  """
+  def same(r):
+    return (r["workload"] == "train" and r["backbone"] == backbone and r["resizer"] == resizer
+            and r["input"] == input_size and r["output"] == output_size and r["dtype"] == dtype
+            and (device_kind is None or
+                 str(r["device_kind"]).casefold() == device_kind.strip().casefold())
+            and (formulation is None or r.get("formulation") in (None, formulation))
+            and (per_device_batch is None or _per_device_batch(r) == per_device_batch))
+  found = [r for r in records if same(r)]
+  point = f"{backbone} with the {resizer} resizer, {input_size} -> {output_size}, {dtype}"
+  for key, arg, named in (("device_kind", "device kind", device_kind),
+                          ("formulation", "formulation", formulation)):
+    values = sorted({str(r.get(key)) for r in found})
+    if named is None and len(values) > 1:
+      raise ValueError(f"throughputs for {point} were measured on several {arg}s "
+                       f"({', '.join(values)}); name the one meant")
+  if not found:
+    return None
+  return max(enumerate(found), key=lambda ir: (_per_device_batch(ir[1]), str(ir[1]["date"]),
+                                               ir[0]))[1]
+
+
+def num_evals(plan: Plan) -> int:
+  """Evaluations in a run: every eval_every_steps, and one at the end if that is not one of them."""
+  return plan.total_steps // plan.eval_every_steps + bool(plan.total_steps % plan.eval_every_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+  """What a plan's training costs. Hours exclude evaluation, which the bench does not time:
+  eval_steps counts its batches (of plan.eval_global_batch) instead. None: no measurement."""
+  steps: int
+  images: int
+  eval_steps: int
+  images_per_s: float | None  # On the plan's devices.
+  wall_hours: float | None
+  device_hours: float | None
+  source: str | None  # The measurement the hours rest on.
+
+  def line(self) -> str:
+    head = f"{self.steps} steps, {self.images} train images, {self.eval_steps} eval steps"
+    if self.wall_hours is None:
+      return f"{head}; hours unknown (no throughput measured for this point)"
+    return (f"{head}; {self.wall_hours:.3g} h wall, {self.device_hours:.4g} device-hours "
+            f"(excluding eval) at {self.images_per_s:.4g} images/s: {self.source}")
+
+
+def cost(plan: Plan, record: dict | None) -> Cost:
+  """The plan's train cost at the throughput of `record` (find_throughput's), or steps alone.
+
+  Throughput per device is the record's images/s over its device count, times the plan's devices.
+  This assumes throughput scales linearly with data parallelism, and it is the one assumption:
+  interconnect, input pipeline and host overheads at the plan's scale are not in it, so the hours
+  are a lower bound where those bind. Then train images = total_steps x global_batch, wall seconds =
+  images / (per-device images/s x devices), device-hours = wall hours x devices (so they do not
+  depend on the device count). Evaluation is not timed: eval_steps counts its batches.
+  """
+  images = plan.total_steps * plan.global_batch
+  eval_steps = num_evals(plan) * plan.eval_steps
+  if record is None:
+    return Cost(plan.total_steps, images, eval_steps, None, None, None, None)
+  per_device = record["images_per_s"] / record["num_devices"]
+  images_per_s = per_device * plan.devices
+  wall_hours = images / images_per_s / 3600
+  batch = record["global_batch"]
+  source = (f"{record['images_per_s']:g} images/s on {record['num_devices']} x "
+            f"{record['device_kind']} at batch {batch}"
+            f" ({_per_device_batch(record):g} per device; the plan's {plan.per_device_batch})"
+            f", measured {record['date']}" +
+            (f" ({record['source']})" if record.get("source") else ""))
+  return Cost(plan.total_steps, images, eval_steps, images_per_s, wall_hours,
+              wall_hours * plan.devices, source)

@@ -504,6 +504,9 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
   init = make_init(model, tx, config.data.input_size, ema=bool(ema_decay))
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = state_sharding(abstract, mesh)
+  if config.get("init_from") and not checkpoint.has_checkpoint(workdir):
+    # Refused before anything is written here: no empty checkpoints/ left behind.
+    checkpoint.check_has_checkpoint(config.init_from, "init_from")
   mngr = checkpoint.manager(workdir, config.max_checkpoints_to_keep, create=True)
   state = checkpoint.restore_latest(mngr, jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings),

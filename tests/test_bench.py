@@ -1,5 +1,6 @@
 """`python -m resizer_jax.bench`: the figures it prints are the ones it claims to measure, against a
 PyTorch reference (`resizer_jax.bench_torch`) of the same work."""
+import datetime
 import subprocess
 import sys
 
@@ -135,3 +136,38 @@ def test_bench_runs_the_reference_cli_and_only_it_imports_torch():
       [sys.executable, "-c", "import sys, resizer_jax.bench; print('torch' in sys.modules)"],
       capture_output=True, text=True, check=True, cwd=REPO)
   assert out.stdout.split()[-1] == "False"
+
+
+def test_bench_out_appends_one_throughput_record_per_variant(tmp_path, capsys):
+  from resizer_jax import plan  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "throughput.jsonl"
+  out.write_text('{"an earlier": "line"}\n')
+  r = bench.main(["--workload=train", "--backbone=resnet_tiny", "--resizer=learned,bilinear",
+                  "--input=32", "--output=16", "--batch=8", "--steps=1", "--warmup=1",
+                  f"--imagenet_config={REPO}/configs/imagenet.py", f"--out={out}"])
+  assert "appended 2 throughput records to" in capsys.readouterr().err
+  lines = out.read_text().splitlines()
+  assert lines[0] == '{"an earlier": "line"}' and len(lines) == 3
+  out.write_text("\n".join(lines[1:]) + "\n")  # The new lines alone, as plan reads them.
+  learned, bilinear = plan.read_throughputs(out)
+  assert learned.keys() >= set(plan.THROUGHPUT_FIELDS) | {"platform", "formulation"}
+  assert [(x["resizer"], x["formulation"], x["images_per_s"]) for x in (learned, bilinear)] == [
+      (v["resizer"], v["formulation"], v["images_per_s"]) for v in r["variants"]]
+  assert learned["images_per_s"] == r["images_per_s"]
+  assert {k: learned[k] for k in ("workload", "device_kind", "platform", "num_devices", "backbone",
+                                  "input", "output", "dtype", "global_batch")} == dict(
+      workload="train", device_kind=jax.devices()[0].device_kind, platform="cpu", num_devices=8,
+      backbone="resnet_tiny", input=32, output=16, dtype="float32", global_batch=8)
+  assert learned["date"] == datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+  assert plan.find_throughput([learned, bilinear], backbone="resnet_tiny", resizer="bilinear",
+                              input_size=32, output_size=16, dtype="float32") == bilinear
+
+
+def test_bench_out_refuses_the_input_workload_and_an_unwritable_file(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    bench.main(["--workload=input", f"--out={tmp_path}/t.jsonl"])
+  assert "the input pipeline's is a host figure" in capsys.readouterr().err
+  (tmp_path / "dir.jsonl").mkdir()
+  with pytest.raises(SystemExit):
+    bench.main(["--workload=resizer", f"--out={tmp_path}/dir.jsonl"])
+  assert f"--out={tmp_path}/dir.jsonl cannot be written: Is a directory" in capsys.readouterr().err

@@ -277,6 +277,7 @@ def test_the_command_line_says_what_is_wrong_in_one_line(files, tmp_path):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow  # Second tier (.ci/run): a real bootstrap or a long rehearsal.
 def test_the_papers_recipe_fine_tunes_the_learned_resizer_from_torchvision_resnet50(
     converted, fake_imagenet, tmp_path):
   """README's two commands (convert, then configs/imagenet.py:...,finetune with init_from) on the

@@ -2,11 +2,13 @@
 processes with their own home folders, launch/slurm.sbatch through stand-in sbatch and srun
 (tests/standins/). Both really bootstrap a uv venv and train the demo to its last checkpoint with
 2 processes (TPU workers of 4 CPU devices; SLURM tasks of one, as one task per GPU); then the
-follow-up modes, the signal path, the dry runs and the refusals.
+follow-up modes, the signal path, a chain of runs in a queued resource, SLURM job dependencies, the
+dry runs and the refusals.
 
 The venvs are installed from the indexes pip is configured with here (uv reads no pip config) into
 one uv cache for the module: a fresh one, unless UV_CACHE_DIR is set, which is then used as it is.
 """
+import calendar
 import glob
 import json
 import os
@@ -106,6 +108,7 @@ def worker_lines(out, i):
   return [l[len(f"[worker {i}] "):] for l in out.splitlines() if l.startswith(f"[worker {i}] ")]
 
 
+@pytest.mark.slow  # Second tier (.ci/run): a real bootstrap or a long rehearsal.
 def test_tpu_vm_launch_sets_up_every_worker_and_trains_detached(checkout, env, data_dir, tmp_path):
   workdir = tmp_path / "run"
   tpu = ["bash", "launch/tpu.sh", *VM]
@@ -175,6 +178,67 @@ def test_tpu_vm_launch_sets_up_every_worker_and_trains_detached(checkout, env, d
   assert gone.returncode != 0 and "NOT_FOUND" in gone.stderr
 
 
+@pytest.mark.slow  # Second tier (.ci/run): a real bootstrap or a long rehearsal.
+def test_tpu_chain_in_a_queued_resource_runs_its_steps_in_order_and_a_relaunch_skips_finished_ones(
+    checkout, env, data_dir, tmp_path):
+  """What a staged sweep launches per chain: a baseline, then a run warm-started from it, in one
+  queued resource (granted after 3 s). One worker (v4-8): the first test runs two."""
+  base, tuned, bad, never = (tmp_path / n for n in ("base", "tuned", "bad", "never"))
+  step = lambda workdir, *more: " ".join(
+      ["--step=--config=configs/demo.py:tiny,resizer=bilinear", f"--workdir={workdir}", *more])
+  steps = [step(base), step(tuned, "--config.seed=1", f"--config.init_from={base}")]
+  # The second step compiles what the first did: a compilation cache the workers share saves that.
+  env = dict(env, STANDIN_QUEUED_WAIT_S="3", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  tpu = ["bash", "launch/tpu.sh", *VM, "--queued"]
+  try:
+    out = run([*tpu, "--accelerator=v4-8", "--jax=cpu", f"--data_dir={data_dir}", "--detach",
+               *steps], env, checkout, timeout=400)
+    assert "queued resource demo: WAITING_FOR_RESOURCES; waiting" in out.stderr
+    assert re.fullmatch(r"started: pid \d+, a chain of 2 steps", worker_lines(out.stdout, 0)[-1])
+    out = run([*tpu, "--status"], env, checkout).stdout
+    assert out.startswith("queued resource demo: ACTIVE\nVM demo: READY\tv4-8\n"), out
+    assert re.match(r"running \(pid \d+\), step 1/2; log ", worker_lines(out, 0)[0]), out
+
+    # --attach follows each step's log in turn, then says how the chain ended.
+    out = run([*tpu, "--attach"], env, checkout, timeout=500).stdout
+    lines = worker_lines(out, 0)
+    assert lines.index(f"--- step 1/2: log {base}/logs/worker-0.log") < lines.index(
+        f"--- step 2/2: log {tuned}/logs/worker-0.log"), out[-3000:]
+    assert lines[-1] == "exited with code 0: all 2 steps finished (2 run, 0 skipped)", out[-3000:]
+    assert saved_state(str(base))[0] == saved_state(str(tuned))[0] == 12
+    # The second step started once the first had finished, from its last checkpoint.
+    with open(tuned / "logs" / "worker-0.log") as f:
+      log = f.read()
+    started = re.search(r"^=== (\S+) \S+: step 2/2 starts", log, re.M).group(1)
+    assert calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ")) >= int(
+        os.path.getmtime(base / "result.json")), (started, os.path.getmtime(base / "result.json"))
+    assert f"  backbone from {base}; the resizer starts fresh" in log
+
+    # Relaunched (as after a preemption), the finished steps are skipped.
+    out = run([*tpu, "--reuse", "--jax=cpu", f"--data_dir={data_dir}", *steps], env, checkout,
+              timeout=300).stdout
+    assert worker_lines(out, 0)[-3:] == [
+        f"--- step 1/2: skipped: {base}/result.json exists",
+        f"--- step 2/2: skipped: {tuned}/result.json exists",
+        "exited with code 0: all 2 steps finished (0 run, 2 skipped)"], out[-3000:]
+    # A failing step ends the chain: the one after it never starts.
+    out = run([*tpu, "--reuse", "--jax=cpu", f"--data_dir={data_dir}", steps[0],
+               step(bad, "--config.no_such_field=1"), step(never)], env, checkout, timeout=300,
+              check=False)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert worker_lines(out.stdout, 0)[-1] == f"exited with code 1: step 2/3 failed ({bad})"
+    assert not glob.glob(str(never / "logs" / "*.log"))
+    out = run([*tpu, "--status"], env, checkout).stdout
+    assert worker_lines(out, 0)[0].startswith(
+        f"exited with code 1: step 2/3 failed ({bad}); log {bad}/logs/worker-0.log: "), out
+  finally:  # The queued resource and its node, and whatever still runs there.
+    if os.path.exists(tmp_path / "cloud" / "queued" / "demo"):
+      run([*tpu, "--delete"], env, checkout)
+  assert not os.path.exists(tmp_path / "cloud" / "tpu" / "demo")
+
+
+@pytest.mark.slow  # Second tier (.ci/run): a real bootstrap or a long rehearsal.
 def test_slurm_job_makes_its_venv_and_trains_one_process_per_task(
     checkout, env, data_dir, tmp_path):
   """As on a GPU cluster, one task per device: each sees one CPU device."""
@@ -244,6 +308,71 @@ def test_slurm_job_passes_sigterm_to_its_tasks_and_requeues_only_an_unfinished_r
         0 if finished else 1)
 
 
+def _job(env, job_id):
+  """A stand-in SLURM job's recorded state: {state, reason, exit_code, submitted, started, ended}."""
+  spool = os.path.join(env["STANDIN_ROOT"], "slurm", f"job-{job_id}")
+  values = {}
+  for key in ("state", "reason", "exit_code", "submitted", "started", "ended"):
+    path = os.path.join(spool, key)
+    values[key] = open(path).read().strip() if os.path.exists(path) else None
+  return values
+
+
+def test_slurm_jobs_wait_for_their_dependencies_and_never_start_after_a_failed_one(
+    checkout, env, tmp_path):
+  """What a staged sweep submits: `sbatch --parsable [--dependency=afterok:ID] ... slurm.sbatch
+  --config=... --workdir=... [--config.init_from=DIR]`, with a stand-in trainer (--venv=none) that
+  records its arguments, takes a second, and exits with --config.exit_code (0: writes result.json)."""
+  fake = tmp_path / "trainer"
+  os.makedirs(fake)
+  (fake / "python").write_text(
+      "#!/usr/bin/env bash\n"
+      "for a; do case $a in --workdir=*) wd=${a#*=} ;; --config.exit_code=*) rc=${a#*=} ;; esac; done\n"
+      "mkdir -p \"$wd\" && echo \"$*\" > \"$wd/args\" && sleep 1\n"
+      "[[ ${rc:-0} != 0 ]] || echo '{}' > \"$wd/result.json\"\n"
+      "exit ${rc:-0}\n")
+  os.chmod(fake / "python", 0o755)
+  env = dict(env, PATH=f"{fake}:{env['PATH']}")
+
+  def submit(name, *extra, after=None):
+    cmd = ["sbatch", "--parsable", *([f"--dependency=afterok:{after}"] if after else []),
+           "--nodes=1", "--ntasks-per-node=1", "launch/slurm.sbatch", "--venv=none", *TRAIN,
+           f"--workdir={tmp_path / name}", *extra]
+    out = run(cmd, env, checkout).stdout
+    assert re.fullmatch(r"\d+\n", out), out  # --parsable: the id alone.
+    return out.strip()
+
+  a = submit("a")
+  b = submit("b", f"--config.init_from={tmp_path / 'a'}", after=a)
+  # The dependent waits, pending, while its dependency runs.
+  assert _job(env, b)["state"] == "PENDING" and _job(env, b)["reason"] == "Dependency"
+  assert _job(env, b)["started"] is None and _job(env, a)["ended"] is None
+  failing = submit("f", "--config.exit_code=3")
+  b2 = submit("b2", f"--config.init_from={tmp_path / 'f'}", after=failing)
+  refused = run(["sbatch", "--dependency=afterok:999999999", "launch/slurm.sbatch", "--venv=none",
+                 *TRAIN, "--workdir=/w"], env, checkout, check=False)
+  assert refused.returncode == 1 and "Job dependency problem" in refused.stderr
+
+  deadline = time.time() + 60
+  while time.time() < deadline and not (_job(env, b)["state"] == "COMPLETED" and
+                                        _job(env, b2)["reason"] == "DependencyNeverSatisfied"):
+    time.sleep(0.2)
+  jobs = {k: _job(env, v) for k, v in dict(a=a, b=b, f=failing, b2=b2).items()}
+  assert jobs["a"]["state"] == "COMPLETED" and jobs["a"]["exit_code"] == "0", jobs
+  assert jobs["b"]["state"] == "COMPLETED", jobs
+  assert float(jobs["b"]["started"]) >= float(jobs["a"]["ended"]), jobs  # Only after A ended.
+  assert jobs["f"]["state"] == "FAILED" and jobs["f"]["exit_code"] == "3", jobs
+  # Never satisfiable: left pending, never started.
+  assert jobs["b2"]["state"] == "PENDING" and jobs["b2"]["reason"] == "DependencyNeverSatisfied"
+  assert jobs["b2"]["started"] is None and not (tmp_path / "b2").exists(), jobs
+  # The extra --config.x=v arguments reached resizer_jax.main.
+  assert (tmp_path / "b" / "args").read_text().split() == [
+      "-m", "resizer_jax.main", "--distributed=on", *TRAIN, f"--workdir={tmp_path / 'b'}",
+      f"--config.init_from={tmp_path / 'a'}"]
+  for path in glob.glob(str(checkout / "slurm-resizer_jax-*.out")):
+    os.remove(path)
+
+
 MAIN_ARGS = "--config=configs/imagenet.py:input=448,resizer=bilinear --workdir=gs://b/runs/x " \
     "--config.batch_size=128"
 
@@ -278,10 +407,31 @@ def test_dry_runs_print_what_they_would_run_and_run_nothing(checkout, env, tmp_p
   ssh = "gcloud compute tpus tpu-vm ssh demo --zone=us-central2-b --worker=all '--command="
   assert out.count(ssh) == 3
   assert f"jax_req=\"jax[tpu]=={jax_pin}\"" in out
-  assert f"~/resizer_jax_venv/bin/python -m resizer_jax.main --distributed=on {MAIN_ARGS} >>" in out
+  assert f'step_1=("$py" -m resizer_jax.main --distributed=on {MAIN_ARGS})\n' in out
   for mode, command in (("--status", "ssh"), ("--attach", "ssh"), ("--delete", "delete")):
     out = run(["bash", "launch/tpu.sh", *VM, mode, "--dry-run"], env, checkout).stdout
     assert f"gcloud compute tpus tpu-vm {command} demo --zone=us-central2-b" in out
+  # A chain in a queued resource: the request (the real command's flags), the wait for it, then
+  # each step's command in order, the arguments outside --step in every one.
+  steps = [f"--step={MAIN_ARGS.replace('/x', f'/p{i}')}" for i in (0, 1)]
+  out = run(["bash", "launch/tpu.sh", *VM, "--accelerator=v4-32", "--queued", "--spot",
+             "--valid-until-duration=6h", "--config.seed=3", *steps, "--dry-run"], env,
+            checkout).stdout
+  assert out.startswith(
+      "gcloud compute tpus queued-resources create demo --node-id=demo --zone=us-central2-b "
+      "--accelerator-type=v4-32 --runtime-version=tpu-ubuntu2204-base --spot "
+      "--valid-until-duration=6h\ngcloud compute tpus queued-resources describe demo "
+      "--zone=us-central2-b '--format=value(state.state)'\n"), out
+  for i in (0, 1):
+    assert (f'step_{i + 1}=("$py" -m resizer_jax.main --distributed=on --config.seed=3 '
+            f'{MAIN_ARGS.replace("/x", f"/p{i}")})\nworkdir_{i + 1}=gs://b/runs/p{i}\n') in out
+  out = run(["bash", "launch/tpu.sh", *VM, "--queued", "--status", "--dry-run"], env,
+            checkout).stdout
+  assert out.startswith("gcloud compute tpus queued-resources describe demo ")
+  out = run(["bash", "launch/tpu.sh", *VM, "--queued", "--delete", "--dry-run"], env,
+            checkout).stdout
+  assert out == "gcloud compute tpus queued-resources delete demo --zone=us-central2-b --force " \
+      "--quiet\n"
   assert not os.path.exists(tmp_path / "cloud")  # The stand-in gcloud was never called.
 
 
@@ -300,6 +450,24 @@ def test_dry_runs_print_what_they_would_run_and_run_nothing(checkout, env, tmp_p
     (["launch/tpu.sh", *VM, "--jax=gpu", *TRAIN, "--workdir=gs://b/r"],
      "--jax=gpu: give --jax=tpu or --jax=cpu"),
     (["launch/tpu.sh", *VM, "--status", "--delete"], "give one of --attach, --status and --delete"),
+    # What Cloud TPU refuses: a name with upper case or "_", over 63 characters, ending with "-".
+    *[(["launch/tpu.sh", f"--name={name}", "--zone=z", "--accelerator=v4-8", *TRAIN,
+        "--workdir=gs://b/r"], f"--name={name}: a TPU name is 1 to 63 lowercase letters, digits "
+       "and hyphens, starting with a letter and not ending with a hyphen")
+      for name in ("demo_sweep-0", "Demo-0", "0-demo", "demo-", "d" * 64)],
+    (["launch/tpu.sh", *VM, "--accelerator=v4-8", "--valid-until-duration=6h", *TRAIN,
+      "--workdir=gs://b/r"], "--valid-until-duration is for --queued"),
+    (["launch/tpu.sh", *VM, "--accelerator=v4-8", *TRAIN, "--step=--config=c --workdir=/a"],
+     "--config=configs/demo.py:tiny beside --step: give each run's --config and --workdir inside"),
+    (["launch/tpu.sh", *VM, "--accelerator=v4-8", "--step=--config=c --workdir=/a",
+      "--step=--config=c"], "--step #2: missing --workdir=DIR (e.g. "),
+    (["launch/tpu.sh", *VM, "--accelerator=v4-8", "--step=--config=c --workdir=/a",
+      "--step=--config=c --workdir=/a/"], "--step #2: --workdir=/a/ is step #1's too"),
+    (["launch/tpu.sh", *VM, "--accelerator=v4-8", "--step=--config=c --workdir=/b "
+      "--config.init_from=/a", "--step=--config=c --workdir=/a"],
+     "--step #1 starts from /a (--config.init_from), which step #2 trains: put it after that step"),
+    (["launch/tpu.sh", *VM, "--accelerator=v4-8", "--step=--config='c --workdir=/a"],
+     "--step='--config='c --workdir=/a': unmatched quote"),
     (["launch/slurm.sbatch", "--workdir=/r"],
      "missing --config=FILE[:ARG] (e.g. sbatch --nodes=2 "),
     (["launch/slurm.sbatch", *TRAIN], "missing --workdir=DIR (e.g. "),

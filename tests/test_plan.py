@@ -1,5 +1,7 @@
 """The run plan: batch, learning rate and steps follow the hardware; what cannot run says why."""
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -96,3 +98,122 @@ def test_plan_command_refuses_an_impossible_layout_in_one_line():
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [
       "error: 16 devices do not split evenly over 3 processes  (--verbosity=1 shows the traceback)"]
+
+
+# --- Costs from measured throughputs.
+
+def throughput(**overrides):
+  """A hand-made train record: 2000 images/s on 4 devices, 500 per device."""
+  record = dict(workload="train", device_kind="NVIDIA H200", platform="gpu", num_devices=4,
+                backbone="resnet50", resizer="learned", formulation="plain", input=448, output=224,
+                dtype="bfloat16", global_batch=1024, images_per_s=2000.0, date="2026-12-01")
+  return {**record, **overrides}
+
+
+R50_448 = dict(backbone="resnet50", resizer="learned", input_size=448, output_size=224,
+               dtype="bfloat16")
+
+
+@pytest.mark.parametrize("change", [
+    dict(backbone="resnet18"), dict(resizer="bilinear", formulation=None), dict(input=447),
+    dict(output=192), dict(dtype="float32"), dict(workload="resizer", backbone=None)])
+def test_a_throughput_matches_only_its_exact_point(change):
+  assert plan.find_throughput([throughput()], **R50_448) == throughput()
+  assert plan.find_throughput([throughput(**change)], **R50_448) is None
+
+
+def test_throughput_lookup_filters_device_kind_formulation_and_batch_when_named():
+  h200, v5e = throughput(), throughput(device_kind="TPU v5 lite", images_per_s=900.0)
+  assert plan.find_throughput([h200, v5e], **R50_448, device_kind="tpu V5 Lite") == v5e
+  assert plan.find_throughput([h200], **R50_448, device_kind="TPU v4") is None
+  with pytest.raises(ValueError, match=r"measured on several device kinds \(NVIDIA H200, TPU v5 "
+                     r"lite\); name the one meant"):
+    plan.find_throughput([h200, v5e], **R50_448)
+  s2d = throughput(formulation="s2d", images_per_s=2500.0)
+  assert plan.find_throughput([h200, s2d], **R50_448, formulation="s2d") == s2d
+  with pytest.raises(ValueError, match=r"several formulations \(plain, s2d\)"):
+    plan.find_throughput([h200, s2d], **R50_448)
+  # Several batches: the largest per device, unless the caller demands one.
+  small = throughput(global_batch=32, images_per_s=700.0, date="2026-12-02")
+  assert plan.find_throughput([h200, small], **R50_448) == h200
+  assert plan.find_throughput([h200, small], **R50_448, per_device_batch=8) == small
+  assert plan.find_throughput([h200, small], **R50_448, per_device_batch=128) is None
+  # The same batch measured twice: the later date, then the later line.
+  again = throughput(images_per_s=2100.0, date="2026-12-03")
+  assert plan.find_throughput([again, h200], **R50_448) == again
+  assert plan.find_throughput([h200, throughput(images_per_s=1.0)], **R50_448)["images_per_s"] == 1
+
+
+def test_cost_is_steps_times_batch_over_the_per_device_throughput_times_the_devices():
+  p = imagenet_plan(devices=16, processes=4)
+  assert (p.total_steps, p.global_batch, p.eval_every_steps, p.eval_steps) == (56250, 2048, 3125, 25)
+  c = plan.cost(p, throughput())
+  # 56250 x 2048 images at 2000 / 4 x 16 = 8000 images/s: 14400 s, 4 h on 16 devices, 64 device-h.
+  assert (c.steps, c.images) == (56250, 115_200_000)
+  assert c.images_per_s == 8000.0
+  assert c.wall_hours == pytest.approx(4.0) and c.device_hours == pytest.approx(64.0)
+  assert c.eval_steps == 18 * 25  # 56250 / 3125 = 18 evaluations of 25 batches; not in the hours.
+  assert "at batch 1024 (256 per device; the plan's 128), measured 2026-12-01" in c.source
+  assert "4 h wall, 64 device-hours (excluding eval)" in c.line()
+  # Twice the devices, twice the images/s; device-hours are images over the per-device rate
+  # (here 28080 steps of 4096: the epoch's steps round down at the larger batch).
+  c32 = plan.cost(imagenet_plan(devices=32, processes=8), throughput())
+  assert (c32.images, c32.images_per_s) == (28080 * 4096, 16000.0)
+  assert c32.device_hours == pytest.approx(28080 * 4096 / 500 / 3600)
+  assert c32.wall_hours == pytest.approx(c32.device_hours / 32)
+  unknown = plan.cost(p, None)
+  assert (unknown.steps, unknown.images, unknown.eval_steps) == (56250, 115_200_000, 450)
+  assert unknown.wall_hours is unknown.device_hours is unknown.source is None
+  assert "hours unknown" in unknown.line()
+
+
+def test_a_last_eval_off_the_cadence_is_counted():
+  p = imagenet_plan(devices=16, processes=4, num_train_steps=7000)
+  assert plan.num_evals(p) == 3  # At 3125, 6250 and the end.
+
+
+def test_appending_throughputs_keeps_every_line_whole(tmp_path):
+  path = tmp_path / "sub" / "t.jsonl"
+  plan.append_throughputs(path, [throughput()])
+  with open(path, "a") as f:
+    f.write(json.dumps(throughput(images_per_s=1.5)))  # A hand edit without its newline.
+  plan.append_throughputs(path, [throughput(images_per_s=2.5), throughput(images_per_s=3.5)])
+  assert [r["images_per_s"] for r in plan.read_throughputs(path)] == [2000.0, 1.5, 2.5, 3.5]
+
+
+@pytest.mark.parametrize("text,error", [
+    (None, r"throughput file {path} does not exist; write one with python -m resizer_jax.bench"),
+    (json.dumps(throughput()) + "\nnot json\n", r"throughput file {path}, line 2: not JSON \(Expecting value\)"),
+    ("[1, 2]\n", r"throughput file {path}, line 1: a JSON list, not an object"),
+    (json.dumps({"images_per_s": 3}), r"throughput file {path}, line 1: missing fields workload, "
+     r"device_kind, num_devices"),
+    ("\n" + json.dumps(throughput(images_per_s=0)), r"line 2: images_per_s is 0, not a positive"),
+    (json.dumps(throughput(num_devices="4")), r"line 1: num_devices is '4', not a positive"),
+])
+def test_a_bad_throughput_file_says_which_line_and_what_is_wrong(text, error, tmp_path):
+  path = tmp_path / "t.jsonl"
+  if text is not None:
+    path.write_text(text)
+  with pytest.raises((ValueError, FileNotFoundError)) as e:
+    plan.read_throughputs(path)
+  assert re.search(error.format(path=re.escape(str(path))), str(e.value))
+  assert "\n" not in str(e.value)
+
+
+def test_the_h200_example_holds_only_the_figures_measured_in_docs_gpu():
+  example = plan.read_throughputs(REPO / "docs/throughput/h200.jsonl")
+  measured = [json.loads(line) for line in open(REPO / "docs/gpu/h200_2026-11-26.jsonl")]
+  measured = [r for r in measured if r["impl"] == "jax"]
+  assert [(r["workload"], r["backbone"], r["input"], r["output"], r["dtype"], r["global_batch"],
+           r["images_per_s"], r["num_devices"], r["device_kind"]) for r in example] == [
+      (r["workload"], r["backbone"], r["input"], r["output"], r["dtype"], r["batch"],
+       r["images_per_s"], r["devices"], r["device_kind"]) for r in measured]
+  record = plan.find_throughput(example, **R50_448, device_kind="NVIDIA H200")
+  assert (record["global_batch"], record["images_per_s"]) == (256, 2102.348)
+
+
+def test_plan_module_imports_neither_jax_nor_tensorflow():
+  out = subprocess.run([sys.executable, "-c", "import sys, resizer_jax.plan; "
+                        "print(sorted(m for m in ('jax', 'tensorflow') if m in sys.modules))"],
+                       capture_output=True, text=True, check=True, cwd=REPO)
+  assert out.stdout.split("\n")[-2] == "[]"

@@ -11,6 +11,7 @@ import os
 import signal
 
 import psutil
+import pytest
 
 from helpers import assert_same_training, launch_local, metrics_lines, saved_state
 
@@ -47,6 +48,7 @@ def launch(processes, args, *, devices=64, term_process=None, term_after_step=No
   return launch_local(processes, devices // processes, args, on_line=on_line)
 
 
+@pytest.mark.slow  # Second tier (.ci/run): a real bootstrap or a long rehearsal.
 def test_a_64_device_pod_preempted_on_one_host_resumes_on_fewer_hosts_and_ends_as_one_run(
     fake_imagenet, tmp_path):
   workdir, reference = str(tmp_path / "pod"), str(tmp_path / "reference")
