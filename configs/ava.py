@@ -41,7 +41,9 @@ then per seed the learned resizer and the controls fine-tuned from that baseline
 
 Sweep arguments: imagenet=DIR (required: the workdir of configs/imagenet.py's Table 1 sweep, whose
 bilinear baselines start these; or DIR/{backbone}, any run per backbone), table1=all|<backbone>[+...],
-seeds=3, baselines=1.
+seeds=3, baselines=1. EfficientNet-b0 is not an ImageNet row of Table 1: train its ImageNet
+baseline into the same DIR first, with configs/imagenet.py:table1=efficientnet_b0 (its fine-tunes
+there are optional).
 """
 import ml_collections
 

@@ -1,4 +1,5 @@
 """Config files by path, and their short argument: `configs/x.py:resizer=bilinear,target=16,tiny`."""
+import ast
 import contextlib
 import importlib.util
 import os
@@ -114,7 +115,12 @@ def override(config, dotted: str, value):
   current = node[leaf]
   if isinstance(value, str) and current is not None and not isinstance(current, str):
     kind = type(current)
-    if kind is bool:
+    if isinstance(current, (tuple, list, dict)):  # --config.mesh="(('data', -1),)"
+      try:
+        value = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        raise ValueError(f"config.{dotted}={value!r} must be a Python {kind.__name__} literal") from None
+    elif kind is bool:
       if value.lower() not in ("true", "false", "1", "0"):
         raise ValueError(f"config.{dotted}={value!r} must be true or false")
       value = value.lower() in ("true", "1")

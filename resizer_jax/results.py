@@ -187,7 +187,8 @@ def _table1_lines(all_rows, metric, paper) -> list[str]:
           seeds = sorted(set(pairs) & set(finished))
           if seeds:
             d, h = mean_ci([show_diff(finished[s][metric] - pairs[s]) for s in seeds])
-            fixed = f"{d:+{fmt}} ± {h:{fmt}} ({len(seeds)}), {_verdict(d, h, lower)}"
+            fixed = f"{base}: {d:+{fmt}} ± {h:{fmt}} ({len(seeds)}), {_verdict(d, h, lower)}"
+            break
       from_base = [show_diff(r[metric] - done[r["from"]][metric]) for r in finished.values()
                    if r["from"] in done]
       against = ""
@@ -239,7 +240,9 @@ def _plot(cells, metric, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  by_target = all("target" in dict(key) for key in cells)
+  # Against the target when the cells span several (a Table 1 sweep's are all 224: one marker each).
+  by_target = (all("target" in dict(key) for key in cells) and
+               len({dict(key)["target"] for key in cells}) > 1)
   lines = {}
   for i, (key, by_seed) in enumerate(cells.items()):
     props = dict(key)

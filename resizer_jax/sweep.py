@@ -144,7 +144,9 @@ def load(config: str, grid_axes: dict | None = None, fields: dict | None = None)
     point_fields = tuple((k[len("config."):], v) for k, v in overrides.items()
                          if k.startswith("config."))
     full = ",".join(k if v == "" else f"{k}={v}" for k, v in {**base, **args}.items())
-    # A directory name: a path among the values must not nest it.
+    if not overrides:
+      raise ValueError("add() needs a config argument or field: its values name the point's directory")
+    # A directory name: a path among the values must not nest it ("/" becomes "_").
     name = ",".join(f"{k}={_text(v)}" for k, v in overrides.items()).replace("/", "_")
     point = Point(name=name,
                   overrides=dict(overrides), arg=full,
@@ -157,6 +159,10 @@ def load(config: str, grid_axes: dict | None = None, fields: dict | None = None)
     for key, values in grid_axes.items():
       if not isinstance(values, (list, tuple)) or not values:
         raise ValueError(f"grid {key!r}: give a non-empty list of values, e.g. {key}=[0, 1]")
+      if any("," in _text(v) for v in values):
+        raise ValueError(f"grid {key!r}: a value may not hold a comma (commas separate them)")
+    # As the command line reads them, so that every worker process names the points alike.
+    grid_axes = {k: [_parse_value(_text(v)) for v in values] for k, values in grid_axes.items()}
     grid(add, **grid_axes)
   elif hasattr(module, "sweep"):
     module.sweep(add, arg or None)
@@ -216,7 +222,7 @@ def _check(sweep: Sweep, point: Point, module):
   try:
     models.from_config(point_config(sweep, point, module=module))
   except (ValueError, KeyError, AttributeError, TypeError) as e:
-    raise ValueError(f"point {point.name!r}: {str(e).strip(chr(34))}") from None
+    raise ValueError(f"point {point.name!r}: {e.args[0] if e.args else e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,12 +243,21 @@ def state(workdir: str, point: Point, states: dict | None = None) -> str:
   source = point.init_from and (states or {}).get(point.init_from)
   if source in ("failed", "nonfinite", "blocked"):
     return "blocked"
-  lock = point_dir / LOCK
-  if "://" not in workdir and lock.exists():
-    host, _, pid = lock.read_text().partition(" ")
-    if host != socket.gethostname() or (pid.isdigit() and _alive(int(pid))):
-      return "running"
+  if "://" not in workdir and _holder(point_dir / LOCK) is not None:
+    return "running"
   return "unfinished"
+
+
+def _holder(lock: epath.Path) -> str | None:
+  """"<host> <pid>" of the live process whose lock this is (one of another host counts as live)."""
+  try:
+    text = lock.read_text()
+  except FileNotFoundError:  # Released meanwhile.
+    return None
+  host, _, pid = text.partition(" ")
+  if host != socket.gethostname() or (pid.isdigit() and _alive(int(pid))):
+    return text
+  return None
 
 
 def states(sweep: Sweep, workdir: str) -> dict:
@@ -274,9 +289,9 @@ def _claim(point_dir: str) -> bool:
     try:
       fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-      host, _, pid = epath.Path(lock).read_text().partition(" ")
-      if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-        os.remove(lock)
+      if _holder(epath.Path(lock)) is None:  # Its process of this host is gone (or it was released).
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(lock)
         continue
       return False
     with os.fdopen(fd, "w") as f:
@@ -300,7 +315,6 @@ def _train_point(sweep: Sweep, point: Point, workdir: str, module):
   blocked) and does not stop the sweep. Returns whether it finished."""
   from resizer_jax import train  # pylint: disable=g-import-not-at-top  # Heavy; not for --dry-run.
   point_dir = os.path.join(workdir, point.name)
-  (epath.Path(point_dir) / FAILED).unlink(missing_ok=True)  # Tried again.
   print(f"sweep: point {point.name} (stage {point.stage}"
         + (f", from {point.init_from}" if point.init_from else "") + ")", flush=True)
   try:
@@ -317,6 +331,7 @@ def _train_points(sweep: Sweep, workdir: str) -> bool:
   what it starts from has finished; False once preempted."""
   local = "://" not in workdir  # Object stores have no exclusive create: one process only there.
   module = config_args.load_module(sweep.path)
+  said_waiting = False
   with _compile_cache(os.path.join(workdir, COMPILE_CACHE)):
     while True:
       now, trained, waiting = {}, False, False
@@ -346,6 +361,11 @@ def _train_points(sweep: Sweep, workdir: str) -> bool:
       if not waiting:
         return True
       if not trained:
+        if not said_waiting:
+          print("sweep: waiting for points that other processes train: " + "; ".join(
+              f"{p.name} ({_holder(epath.Path(workdir) / p.name / LOCK)})" for p in sweep.points
+              if now[p.name] == "running"), flush=True)
+          said_waiting = True
         time.sleep(2)
 
 
@@ -385,6 +405,11 @@ def run(config: str, workdir: str, workers: int = 1, grid: dict | None = None,
   if workers < 1:
     raise ValueError(f"workers={workers}: at least 1 process must train the points")
   sweep = load(config, grid, fields)
+  if workers > 1 and "://" in workdir:
+    raise ValueError(f"workers={workers} on {workdir}: object stores have no exclusive create to "
+                     "share points by; use workers=1 there, or several hosts with a local workdir")
+  for point in sweep.points:  # A rerun tries the failed points again (each process once).
+    (epath.Path(workdir) / point.name / FAILED).unlink(missing_ok=True)
   others = [subprocess.Popen([sys.executable, "-m", "resizer_jax.sweep", *_sweep_flags(sweep),
                               f"--workdir={workdir}", "--only_train"]) for _ in range(workers - 1)]
   try:
@@ -447,7 +472,7 @@ def launch_commands(sweep: Sweep, workdir: str, launcher: str, launcher_args=())
   if launcher not in LAUNCHERS:
     raise ValueError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
   now = states(sweep, workdir)
-  todo = lambda p: now[p.name] in ("unfinished", "failed", "nonfinite")
+  todo = lambda p: now[p.name] in ("unfinished", "failed", "nonfinite", "blocked")
   if launcher == "tpu":
     cmds = []
     for i, chain in enumerate(chains(sweep)):
@@ -463,7 +488,8 @@ def launch_commands(sweep: Sweep, workdir: str, launcher: str, launcher_args=())
     if launcher == "local":
       cmds.append(["python", "-m", "resizer_jax.main", *main_args(sweep, p, workdir)])
       continue
-    after = ([f"--dependency=afterok:<job of {p.init_from}>"]
+    # A job whose source fails is cancelled, not left pending for ever.
+    after = ([f"--dependency=afterok:<job of {p.init_from}>", "--kill-on-invalid-dep=yes"]
              if p.init_from and now[p.init_from] != "finished" else [])
     cmds.append(["sbatch", "--parsable", *after, *launcher_args, "launch/slurm.sbatch",
                  *main_args(sweep, p, workdir)])
@@ -478,10 +504,15 @@ def launch(sweep: Sweep, workdir: str, launcher: str, launcher_args=(), repo: st
   source failed are not launched (they are blocked)."""
   logs = workdir if "://" not in workdir else os.path.abspath(
       os.path.basename(workdir.rstrip("/")) + "-launch-logs")
+  if launcher not in ("slurm", "tpu"):
+    raise ValueError(f"launch {launcher!r}: launch() hands points to slurm or tpu; run() trains "
+                     "them here")
   jobs = {}
   for cmd in launch_commands(sweep, workdir, launcher, launcher_args):
-    name = os.path.basename([a for a in cmd if a.startswith("--workdir=")][0].partition("=")[2])
-    log_dir = os.path.join(logs, name if launcher == "slurm" else cmd[1].partition("=")[2])
+    # A point's directory (slurm), or the chain's slice name (tpu).
+    name = (os.path.basename(cmd[-1].partition("=")[2]) if launcher == "slurm" else
+            cmd[1].partition("=")[2])
+    log_dir = os.path.join(logs, name)
     os.makedirs(log_dir, exist_ok=True)
     if launcher == "slurm":
       cmd = [_job_of(a, jobs, workdir) for a in cmd]
@@ -618,8 +649,9 @@ def _define_flags():
 def _print_dry_run(sweep: Sweep, workdir: str):
   cmds = launch_commands(sweep, workdir, FLAGS.launch, FLAGS.launch_args)
   if FLAGS.launch == "tpu":
-    for chain, cmd in zip(chains(sweep), cmds):
-      print(f"# {cmd[1][len('--name='):]}: {len(chain)} points in stage order, one slice")
+    for cmd in cmds:
+      steps = sum(a.startswith("--step=") for a in cmd)
+      print(f"# {cmd[1][len('--name='):]}: {steps} unfinished points in stage order, one slice")
       print(" ".join(map(shlex.quote, cmd)))
     return
   stage = None
@@ -627,7 +659,8 @@ def _print_dry_run(sweep: Sweep, workdir: str):
     point = next(p for p in sweep.points if f"--workdir={os.path.join(workdir, p.name)}" in cmd)
     if point.stage != stage:
       stage = point.stage
-      count = sum(p.stage == stage for p in sweep.points)
+      count = sum(p.stage == stage and f"--workdir={os.path.join(workdir, p.name)}" in c
+                  for p in sweep.points for c in cmds)
       print(f"# stage {stage}: {count} points" + (", each after the point it starts from"
                                                    if stage else ""))
     print(" ".join(map(shlex.quote, cmd)))
@@ -646,13 +679,13 @@ def main(argv):
     if FLAGS.dry_run:
       _print_dry_run(sweep, workdir)
       return
-    if FLAGS.launch != "local":
+    if FLAGS.launch != "local" and not FLAGS.collect:
       # Launchers run from the repository root, which config paths are relative to.
       repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
       logs = launch(sweep, workdir, FLAGS.launch, FLAGS.launch_args, repo)
       print(f"sweep: launched the unfinished points with {FLAGS.launch} (logs in {logs}); when "
-            f"they are done: python -m resizer_jax.sweep --config={config} "
-            f"--workdir={FLAGS.workdir} --collect")
+            "they are done: " + shlex.join(["python", "-m", "resizer_jax.sweep", *_sweep_flags(sweep),
+                                            f"--workdir={FLAGS.workdir}", "--collect"]))
       return
     if FLAGS.collect:
       found = collect(sweep, workdir, FLAGS.metric)

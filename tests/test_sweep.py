@@ -75,8 +75,9 @@ def test_the_imagenet_table1_sweep_is_staged_for_every_launcher(tmp_path):
   assert local[4][-2:] == [f"--config.init_from={workdir}/{base}".replace("resnet50", "inception_v2"),
                            f"--workdir={workdir}/{learned[0].name}".replace("resnet50", "inception_v2")]
   slurm = sweep.launch_commands(table, workdir, "slurm")
-  assert "--dependency=afterok:<job of backbone=inception_v2,resizer=bilinear,input=224,target=224," \
-         "seed=0>" in slurm[4] and not any(a.startswith("--dependency") for a in slurm[0])
+  assert slurm[4][2:4] == ["--dependency=afterok:<job of backbone=inception_v2,resizer=bilinear,"
+                           "input=224,target=224,seed=0>", "--kill-on-invalid-dep=yes"]
+  assert not any(a.startswith("--dependency") for a in slurm[0])
   tpu = sweep.launch_commands(table, workdir, "tpu", ["--zone=us-central2-b", "--accelerator=v4-32"])
   assert len(tpu) == 4  # A chain per backbone: its baseline, then its 12 fine-tunes, on one slice.
   steps = [a[len("--step="):] for a in tpu[2] if a.startswith("--step=")]
@@ -84,6 +85,11 @@ def test_the_imagenet_table1_sweep_is_staged_for_every_launcher(tmp_path):
                         "--accelerator=v4-32", "--queued", "--detach"]
   assert len(steps) == 13 and steps[0].endswith(f"--workdir={workdir}/{base}")
   assert shlex.split(steps[1]) == sweep.main_args(table, learned[0], workdir)
+  # The launcher takes the chain as the sweep gives it (its checks: names, steps, order).
+  shown = subprocess.run(["bash", *tpu[2], "--dry-run"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+  assert shown.returncode == 0, shown.stderr
+  assert "gcloud compute tpus queued-resources create t1-2" in shown.stdout
 
   out = sweep_cli(f"--config={config}:table1=resnet50,seeds=2,inputs=320+448",
                   f"--workdir={tmp_path}", "--dry_run").stdout.splitlines()
@@ -320,7 +326,7 @@ def test_table1_shape_pairs_each_fine_tune_with_its_fixed_twin_and_its_baseline(
   # (no spread); against the baseline (30) -4, -5, -3 -> -4 ± t: both intervals exclude zero.
   assert ("| backbone=resnet50, input=224, resizer=bilinear | baseline (bilinear) | 1 | "
           "30.00 ± nan | | | 24.7 |") in md
-  assert (f"| | resizer=learned | 3 | 26.00 ± {t:.2f} | -3.00 ± 0.00 (3), better | "
+  assert (f"| | resizer=learned | 3 | 26.00 ± {t:.2f} | bilinear: -3.00 ± 0.00 (3), better | "
           f"-4.00 ± {t:.2f} (3), better | 23.0 |") in md
   assert f"| | resizer=bilinear | 3 | 29.00 ± {t:.2f} |  | -1.00 ± {t:.2f} (3), within noise |  |" in md
   assert "| learned3 | failed | boom |" in md
@@ -402,12 +408,13 @@ def test_a_slurm_sweep_submits_each_fine_tune_after_its_baseline_and_never_after
   base0, base1, learned0, learned1 = names
   deadline = time.time() + 60
   while time.time() < deadline and not (job(learned0)["state"] == "COMPLETED" and
-                                        job(learned1)["reason"] == "DependencyNeverSatisfied"):
+                                        job(learned1)["state"] == "CANCELLED"):
     time.sleep(0.2)
   assert float(job(learned0)["started"]) >= float(job(base0)["ended"])
   assert (workdir / learned0 / "args").read_text().split()[-2:] == [
       f"--config.init_from={workdir / base0}", f"--workdir={workdir / learned0}"]
-  assert job(learned1)["state"] == "PENDING" and job(learned1)["started"] is None
+  # --kill-on-invalid-dep=yes: cancelled once its baseline failed, never started.
+  assert job(learned1)["state"] == "CANCELLED" and job(learned1)["started"] is None
   assert not (workdir / learned1 / "args").exists()
   rows = sweep.collect(f"{config}:tiny", str(workdir))
   assert [r["state"] for r in rows] == ["finished", "unfinished", "finished", "unfinished"]
