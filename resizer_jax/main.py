@@ -57,7 +57,8 @@ def _start_distributed():
 def print_plan(config):
   from resizer_jax import plan  # pylint: disable=g-import-not-at-top
   from resizer_jax import train  # pylint: disable=g-import-not-at-top
-  num_train, num_eval, size, source = plan.split_sizes(config.data)
+  from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  num_train, num_eval, size, source = input_pipeline.split_sizes(config.data)
   devices = FLAGS.devices or jax.device_count()
   p = plan.make(config, num_devices=devices, num_processes=FLAGS.processes, num_train=num_train,
                 num_eval=num_eval, platform=FLAGS.platform, bytes_per_example=size)

@@ -196,28 +196,6 @@ def make(config, *, num_devices: int, num_processes: int, num_train: int, num_ev
       eval_every_steps=every("eval"), checkpoint_every_steps=every("checkpoint"))
 
 
-def split_sizes(data_config) -> tuple[int, int, float | None, str]:
-  """(train examples, eval examples, mean encoded bytes per train example or None, source).
-
-  From the prepared TFDS dataset when there is one, else from KNOWN_SPLITS.
-  """
-  from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  builder = input_pipeline.get_builder(data_config, prepare=False)
-  name = data_config.name.split("/")[0]
-  if builder.is_prepared():
-    splits = builder.info.splits
-    train = splits[data_config.train_split]
-    return (train.num_examples, splits[data_config.eval_split].num_examples,
-            train.num_bytes / max(1, train.num_examples), "prepared dataset")
-  if name in KNOWN_SPLITS:
-    (train, size), (num_eval, _) = (KNOWN_SPLITS[name][data_config.train_split],
-                                    KNOWN_SPLITS[name][data_config.eval_split])
-    return train, num_eval, size, "published split sizes (not prepared here)"
-  raise FileNotFoundError(f"{data_config.name} is not prepared under data_dir="
-                          f"{data_config.get('data_dir')} and its split sizes are not known; "
-                          "prepare it first (docs/data.md)")
-
-
 # --- Costs: a plan's steps times a throughput measured by `python -m resizer_jax.bench --out=FILE`.
 #
 # A throughput file holds JSON lines, one per measured variant. The fields every record needs (the

@@ -554,6 +554,7 @@ def plan_lines(sweep: Sweep, devices: int | None, processes: int = 1, platform: 
   """Each point's steps and, where `throughput` (a bench --out file) has its exact measurement, its
   wall and device hours on `devices`; per stage and in all. Hours it cannot know it says so."""
   from resizer_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   if not devices:
     raise ValueError("--plan needs --devices=N, the devices each run gets (e.g. 32 for a v4-32)")
   records = plan_lib.read_throughputs(throughput) if throughput else []
@@ -565,7 +566,7 @@ def plan_lines(sweep: Sweep, devices: int | None, processes: int = 1, platform: 
   for p in sweep.points:
     config = point_config(sweep, p, module=module)
     if config.data.name not in sizes:
-      sizes[config.data.name] = plan_lib.split_sizes(config.data)
+      sizes[config.data.name] = input_pipeline.split_sizes(config.data)
     num_train, num_eval, size, _ = sizes[config.data.name]
     run_plan = plan_lib.make(config, num_devices=devices, num_processes=processes,
                              num_train=num_train, num_eval=num_eval, platform=platform,

@@ -608,10 +608,12 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
   def resizer_variables(variables):
     return {k: {"resizer": v["resizer"]} for k, v in variables.items() if "resizer" in v}
   gather_resizer = jax.jit(resizer_variables, out_shardings=replicated)
-  sample = None
+  sample = sample_labels = None
   if is_chief and draw:
     ds, _ = input_pipeline.eval_dataset(builder, config.data, global_batch=plan.eval_global_batch)
-    sample = next(ds.as_numpy_iterator())["image"][:config.num_pictures]
+    first = next(ds.as_numpy_iterator())
+    sample = first["image"][:config.num_pictures]
+    sample_labels = pictures.row_labels(first, input_pipeline.class_names(builder))[:len(sample)]
   if is_chief and start_step < total_steps:  # Not finished any more (e.g. more steps asked for).
     (epath.Path(workdir) / "result.json").unlink(missing_ok=True)
 
@@ -656,7 +658,7 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
             resizer_vars = gather_resizer(evaluated)
             if is_chief:
               pictures.write(writer, workdir, step, pictures.panel(
-                  model, jax.device_get(resizer_vars), sample, config))
+                  model, jax.device_get(resizer_vars), sample, config, sample_labels))
         writer.write_scalars(step, scalars)
         if save:
           checkpoint.save(mngr, step, state, config, stream=stream,

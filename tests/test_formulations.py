@@ -115,6 +115,7 @@ def test_config_chooses_the_formulation_auto_by_platform_and_refuses_unknown_nam
 @pytest.mark.parametrize("hw,out_hw", [
     ((24, 36), (12, 6)),  # Factors 2 and 6 (one and two tap phases), columns padded to 8.
     ((12, 12), (12, 12)),  # 1x, as the capacity control's stem runs.
+    ((18, 15), (6, 5)),  # Factor 3 (one tap phase, as 672 -> 224), columns padded to 8.
 ])
 def test_the_fused_stem_is_the_plain_layers_values_and_gradients(hw, out_hw):
   """The Pallas kernel (interpret mode here) against XLA's layers: its three outputs, and the
@@ -137,6 +138,8 @@ def test_the_fused_stem_is_the_plain_layers_values_and_gradients(hw, out_hw):
 def test_the_fused_stem_takes_integer_bilinear_downscales_only():
   assert fused_stem.applies((448, 448), (224, 224), "bilinear", False)
   assert fused_stem.applies((96, 96), (16, 16), "bilinear", False)
+  assert fused_stem.applies((48, 48), (16, 16), "bilinear", False)  # Odd factors: one tap phase.
+  assert fused_stem.applies((672, 672), (224, 224), "bilinear", False)
   assert not fused_stem.applies((448, 448), (224, 224), "bilinear", True)  # Antialiased: wider taps.
   assert not fused_stem.applies((448, 448), (224, 224), "bicubic", False)
   assert not fused_stem.applies((448, 448), (300, 300), "bilinear", False)  # Not an integer factor.
@@ -153,12 +156,13 @@ def test_the_fused_stem_takes_integer_bilinear_downscales_only():
   assert jax.tree.all(jax.tree.map(np.array_equal, jax.jit(fused)(x), plain))
 
 
-def test_the_fused_stem_lowers_for_a_gpu_without_one(monkeypatch):
-  """Pallas' Triton lowering (which needs no GPU) accepts both kernels at the paper's 448 -> 224:
-  shapes that are powers of two, no captured constants. Whether Triton then compiles them, and how
-  fast they run, only a GPU can say."""
+@pytest.mark.parametrize("size", [448, 672])
+def test_the_fused_stem_lowers_for_a_gpu_without_one(monkeypatch, size):
+  """Pallas' Triton lowering (which needs no GPU) accepts both kernels at the paper's 448 -> 224
+  (and 672 -> 224, stride 3): shapes that are powers of two, no captured constants. Whether Triton
+  then compiles them, and how fast they run, only a GPU can say."""
   monkeypatch.setattr(fused_stem, "_interpret", lambda: False)
-  x, w1, b, w2 = jnp.zeros((2, 448, 448, 3)), jnp.zeros((7, 7, 3, 16)), jnp.zeros(16), jnp.zeros((16, 16))
+  x, w1, b, w2 = jnp.zeros((2, size, size, 3)), jnp.zeros((7, 7, 3, 16)), jnp.zeros(16), jnp.zeros((16, 16))
   loss = lambda *a: sum(jnp.sum(t) for t in fused_stem.stem(*a, (224, 224)))
   lowered = jax.jit(jax.grad(loss, argnums=(1, 2, 3, 4))).trace(x, w1, b, w2, b).lower(
       lowering_platforms=("cuda",)).as_text()

@@ -172,3 +172,12 @@ def test_published_values_load_by_name_and_a_bad_name_is_refused():
   config.resizer.muller_pretrained = "resnet5"
   with pytest.raises(ValueError, match=r"^unknown MULLER weights 'resnet5'; valid: resnet50$"):
     models.from_config(config)
+
+
+@pytest.mark.parametrize("kernel_size", [4, 2, 0])
+def test_an_even_blur_size_is_refused(kernel_size):
+  """An even Gaussian is centred between pixels (every band half a pixel off): the official layer
+  refuses it, and so does this one, where the model is built."""
+  with pytest.raises(ValueError, match=rf"^MULLER kernel_size={kernel_size}; valid: odd sizes "):
+    models.MullerResizer(output_size=8, kernel_size=kernel_size)
+  assert models.MullerResizer(output_size=8, kernel_size=kernel_size + 1).kernel_size % 2

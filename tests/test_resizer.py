@@ -1,4 +1,6 @@
 """The learned resizer of Fig. 3 and the fixed baselines."""
+import re
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import pytest
 
 from resizer_jax import models
 from resizer_jax.models import conv as conv_lib
+from resizer_jax.models import resize_ops
 from resizer_jax.models import resizer as resizer_lib
 
 
@@ -191,3 +194,48 @@ def test_pointwise_conv_is_lax_conv_with_its_gradients(strides, padding):
   np.testing.assert_allclose(ours(x, w), theirs(x, w), rtol=1e-5)
   for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(theirs, (0, 1))(x, w)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [
+    ((1, 40), (1, 20)), ((1, 40), (3, 40)), ((1, 1), (4, 5)), ((1, 40), (1, 1)),  # From a side of 1.
+    ((5, 1), (1, 1)), ((40, 40), (1, 1)), ((41, 7), (1, 14)), ((2, 9), (1, 3))])  # To a side of 1.
+def test_a_side_of_one_resizes_as_tf_image_resize(in_hw, out_hw):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(12).standard_normal((2, *in_hw, 3)), jnp.float32)
+  ours = jax.jit(lambda x: resizer_lib.resize(x, out_hw, "bilinear", False))
+  theirs = jax.jit(lambda x: jax.image.resize(x, (2, *out_hw, 3), "bilinear", antialias=False))
+  np.testing.assert_allclose(ours(x), tf.image.resize(np.asarray(x), out_hw, "bilinear",
+                                                      antialias=False), rtol=0, atol=1e-6)
+  np.testing.assert_allclose(ours(x), theirs(x), rtol=0, atol=1e-6)
+  probe = jnp.asarray(np.random.default_rng(13).standard_normal((2, *out_hw, 3)), jnp.float32)
+  grad = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(f(x) * probe)))(x)
+  np.testing.assert_allclose(grad(ours), grad(theirs), rtol=0, atol=1e-5)
+
+
+def test_the_resizers_take_a_1_pixel_high_image():
+  x = jnp.asarray(np.random.default_rng(14).uniform(size=(2, 1, 40, 3)), jnp.float32)
+  for module in (models.LearnedResizer(output_size=(1, 20), num_filters=4),
+                 models.MullerResizer(output_size=(1, 20)), models.FixedResizer(output_size=(1, 20))):
+    variables = jax.jit(module.init)(jax.random.key(0), x)
+    assert jax.jit(module.apply)(variables, x).shape == (2, 1, 20, 3)
+
+
+@pytest.mark.parametrize("in_hw,out_hw,k", [
+    ((48, 48), (16, 16), 3), ((672, 96), (224, 32), 3), ((35, 45), (7, 9), 5), ((30, 31), (30, 31), 1)])
+def test_odd_integer_downscales_take_the_fast_path(in_hw, out_hw, k):
+  """Each output pixel is the middle pixel of its block of k (one tap of weight 1): read off a
+  reshape, the integer-phase path, as even factors are, not gathered or strided."""
+  for n_in, n_out in zip(in_hw, out_hw):
+    taps = resize_ops.two_taps(n_in, n_out, "bilinear", False)
+    assert resize_ops.block_phases(taps, n_in) == (k, ((k // 2, 1.0),))
+  x = jnp.asarray(np.random.default_rng(15).standard_normal((2, *in_hw, 3)), jnp.float32)
+  ours = jax.jit(lambda x: resizer_lib.resize(x, out_hw, "bilinear", False))
+  jaxpr = str(jax.make_jaxpr(ours)(x))
+  strides = {int(s) for found in re.findall(r"strides=\(([\d, ]+)\)", jaxpr) for s in found.split(",")}
+  assert "gather" not in jaxpr and strides <= {1} and jaxpr.count("reshape") == 2
+  np.testing.assert_array_equal(ours(x), x[:, k // 2::k, k // 2::k])
+  theirs = jax.jit(lambda x: jax.image.resize(x, (2, *out_hw, 3), "bilinear", antialias=False))
+  np.testing.assert_allclose(ours(x), theirs(x), rtol=0, atol=1e-6)
+  probe = jnp.asarray(np.random.default_rng(16).standard_normal((2, *out_hw, 3)), jnp.float32)
+  grad = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(f(x) * probe)))(x)
+  np.testing.assert_allclose(grad(ours), grad(theirs), rtol=0, atol=1e-6)

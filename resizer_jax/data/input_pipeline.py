@@ -264,9 +264,13 @@ def preprocess_eval(image, data_config):
 
 
 def _read(builder, split):
+  # try_autocache=False: TFDS would cache a small split in memory, for nothing (each eval builds its
+  # pipeline afresh) and, read in part (the pictures' first batch), with TensorFlow's warning "The
+  # calling iterator did not fully read the dataset being cached" on the console. The examples and
+  # their order are the same either way.
   return builder.as_dataset(split=split, shuffle_files=False,
                             decoders={"image": tfds.decode.SkipDecoding()},
-                            read_config=tfds.ReadConfig(skip_prefetch=True))
+                            read_config=tfds.ReadConfig(skip_prefetch=True, try_autocache=False))
 
 
 def _num_examples(builder, split) -> int:
@@ -452,3 +456,25 @@ def eval_dataset(builder, data_config, *, global_batch: int):
                                           "skipped": tf.constant(0, tf.int32)}).repeat()
   ds = ds.concatenate(padding).take(num_steps * batch).batch(batch)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options()), num_steps
+
+
+def split_sizes(data_config) -> tuple[int, int, float | None, str]:
+  """(train examples, eval examples, mean encoded bytes per train example or None, source).
+
+  From the prepared TFDS dataset when there is one, else from plan.KNOWN_SPLITS (a run plan
+  for a dataset not prepared here, e.g. on a laptop for a pod).
+  """
+  builder = get_builder(data_config, prepare=False)
+  name = data_config.name.split("/")[0]
+  if builder.is_prepared():
+    splits = builder.info.splits
+    train = splits[data_config.train_split]
+    return (train.num_examples, splits[data_config.eval_split].num_examples,
+            train.num_bytes / max(1, train.num_examples), "prepared dataset")
+  if name in plan.KNOWN_SPLITS:
+    (train, size), (num_eval, _) = (plan.KNOWN_SPLITS[name][data_config.train_split],
+                                    plan.KNOWN_SPLITS[name][data_config.eval_split])
+    return train, num_eval, size, "published split sizes (not prepared here)"
+  raise FileNotFoundError(f"{data_config.name} is not prepared under data_dir="
+                          f"{data_config.get('data_dir')} and its split sizes are not known; "
+                          "prepare it first (docs/data.md)")

@@ -10,7 +10,8 @@ same way and returns partial parameter gradients that XLA adds up, so no full-re
 exists in either direction.
 
 The resize must be an integer downscale (or 1x) by bilinear without antialias, where every output
-pixel is a fixed mix of one or two pixels of its k x k block: the kernel walks the k^2 pixel
+pixel is a fixed mix of one or two pixels of its k x k block (one for odd k, as 672 -> 224; two
+for even k; models/resize_ops.py finds them): the kernel walks the k^2 pixel
 phases (a, b) of the blocks, reading the image with stride k, so that each phase is a target-sized
 tile (every phase enters the statistics, the tap phases the resize). Other resizes keep the plain
 path (`applies`).
@@ -22,9 +23,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
+
+from resizer_jax.models import resize_ops
 
 SLOPE = 0.2  # The resizer's LeakyReLU.
 # Target rows per program: one row of 224 (padded to 256) columns x 16 features is 32 float32 per
@@ -32,30 +34,10 @@ SLOPE = 0.2  # The resizer's LeakyReLU.
 ROWS = 1
 
 
-def phase_weights(n_in: int, n_out: int) -> np.ndarray | None:
-  """The weight of each of the k = n_in / n_out pixel phases of a block in a bilinear resize
-  without antialias from n_in to n_out pixels, if it is an integer downscale (or 1x) where every
-  output pixel mixes the same phases of its block; else None."""
-  from resizer_jax.models import resizer  # pylint: disable=g-import-not-at-top  # It imports this.
-  k, rest = divmod(n_in, n_out)
-  if rest or k < 1:
-    return None
-  if k == 1:
-    return np.ones(1, np.float32)
-  i0, i1, w0, w1 = resizer._two_taps(n_in, n_out, "bilinear", False)  # pylint: disable=protected-access
-  block = k * np.arange(n_out)
-  if not (np.all(i0 - block == i0[0]) and np.all(i1 - block == i1[0]) and
-          np.all(w0 == w0[0]) and np.all(w1 == w1[0])):
-    return None
-  weights = np.zeros(k, np.float32)
-  np.add.at(weights, [i0[0], i1[0]], [w0[0], w1[0]])
-  return weights
-
-
 def applies(in_hw, out_hw, method: str, antialias: bool) -> bool:
   """Whether the fused stem computes this resize (else the plain layers do)."""
   return (method == "bilinear" and not antialias and
-          all(phase_weights(i, o) is not None for i, o in zip(in_hw, out_hw)))
+          all(resize_ops.phase_weights(i, o) is not None for i, o in zip(in_hw, out_hw)))
 
 
 def _lrelu_slope(z):
@@ -173,7 +155,7 @@ def _layout(x_shape, w1_shape, out_hw):
   """The phase weights per axis, and the grid and padding: target rows in bands of ROWS, target
   columns padded to a power of two (block shapes a GPU lowering accepts), the image padded to match
   (zeros: the 7x7's SAME)."""
-  weights = tuple(tuple(phase_weights(i, o)) for i, o in zip(x_shape[1:3], out_hw))
+  weights = tuple(tuple(resize_ops.phase_weights(i, o)) for i, o in zip(x_shape[1:3], out_hw))
   n, h, w, _ = x_shape
   kh, kw = w1_shape[:2]
   k = (h // out_hw[0], w // out_hw[1])
@@ -223,14 +205,13 @@ def _stem(x, w1, b1, w2, b2, out_hw, dtype):
 def reference(x, w1, b1, w2, b2, out_hw, dtype=jnp.float32):
   """What `stem` computes, with XLA's convolution and the model's resize: for tests and for the
   input's gradient."""
-  from resizer_jax.models import resizer  # pylint: disable=g-import-not-at-top
   x = x.astype(jnp.float32)
   z1 = jax.lax.conv_general_dilated(x, w1, (1, 1), "SAME",
                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + b1
   h1 = jnp.where(z1 > 0, z1, SLOPE * z1)
   z2 = jnp.einsum("nhwc,cd->nhwd", h1, w2) + b2
   h2 = jnp.where(z2 > 0, z2, SLOPE * z2)
-  y = resizer.resize(h2, out_hw, "bilinear", False)
+  y = resize_ops.resize(h2, out_hw, "bilinear", False)
   return y.astype(dtype), jnp.mean(h2, axis=(0, 1, 2)), jnp.mean(jnp.square(h2), axis=(0, 1, 2))
 
 

@@ -17,22 +17,14 @@ import numpy as np
 
 from resizer_jax.models import fused_stem
 from resizer_jax.models.conv import FORMULATIONS, pointwise_conv, resolve_formulation
+from resizer_jax.models.resize_ops import METHODS, check_method, resize  # pylint: disable=unused-import
 
-# Interpolations of the fixed resizers. "area" is the box filter over each output pixel's footprint
-# (tf.image.resize "area"); it always integrates, so `antialias` does not change it.
-METHODS = ("bilinear", "bicubic", "lanczos3", "lanczos5", "nearest", "area")
 RESIZERS = ("learned", "control") + METHODS + ("muller",)
 
 # MULLER's published parameters by name: (weight_1, bias_1, weight_2, bias_2, ...), for pixels in
 # [0, 1]. "resnet50": the official demo notebook's (google-research muller/muller_demo.ipynb),
 # trained in front of ResNet-50 on ImageNet.
 MULLER_PRETRAINED = {"resnet50": (1.892, -0.014, -11.295, 0.003)}
-
-
-def check_method(method: str) -> str:
-  if method not in METHODS:
-    raise ValueError(f"unknown interpolation {method!r}; valid: {', '.join(METHODS)}")
-  return method
 
 
 def target_size(in_hw: Sequence[int], output_size=None, scale=None) -> tuple[int, int]:
@@ -48,80 +40,6 @@ def target_size(in_hw: Sequence[int], output_size=None, scale=None) -> tuple[int
   if len(hw) != 2 or min(hw) < 1:
     raise ValueError(f"output size must be two positive integers (height, width), got {hw}")
   return int(hw[0]), int(hw[1])
-
-
-def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) weights: the overlap of each input pixel with an output pixel's footprint."""
-  edges = np.arange(n_out + 1) * (n_in / n_out)
-  lo, hi = edges[:-1, None], edges[1:, None]
-  j = np.arange(n_in)[None, :]
-  overlap = np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0, None)
-  return (overlap / (hi - lo)).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=None)
-def _two_taps(n_in: int, n_out: int, method: str, antialias: bool):
-  """(index0, index1, weight0, weight1) per output pixel if jax.image.resize's weights along an axis
-  have at most two non-zero taps per output pixel (bilinear without antialias, or any upscale), else
-  None. The weights are jax's own: its resize applied to an identity matrix."""
-  with jax.ensure_compile_time_eval():
-    weights = np.asarray(jax.image.resize(jnp.eye(n_in, dtype=jnp.float32), (n_out, n_in),
-                                          method=method, antialias=antialias))
-  if (np.count_nonzero(weights, axis=1) > 2).any():
-    return None
-  idx = np.sort(np.argsort(-np.abs(weights), axis=1, kind="stable")[:, :2], axis=1)
-  w = np.take_along_axis(weights, idx, axis=1)
-  return idx[:, 0], idx[:, 1], w[:, 0], w[:, 1]
-
-
-def _take(x, indices: np.ndarray, axis: int):
-  # Evenly spaced indices (every integer downscale) are a strided slice, whose gradient is a cheap
-  # interior pad rather than a scatter.
-  step = int(indices[1] - indices[0]) if len(indices) > 1 else 1
-  if step > 0 and np.array_equal(indices, indices[0] + step * np.arange(len(indices))):
-    return jax.lax.slice_in_dim(x, int(indices[0]), int(indices[-1]) + 1, step, axis)
-  return jnp.take(x, indices, axis=axis)
-
-
-def _resize_two_taps(x, axis: int, taps):
-  i0, i1, w0, w1 = taps
-  n_out = len(i0)
-  k, rest = divmod(x.shape[axis], n_out)
-  block = k * np.arange(n_out)
-  if (not rest and np.all(i0 - block == i0[0]) and np.all(i1 - block == i1[0]) and
-      np.all(w0 == w0[0]) and np.all(w1 == w1[0])):
-    # An integer downscale (448 -> 224): every output pixel mixes the same two pixels of its block
-    # of k. Reading them off a reshape makes the gradient a broadcast, which fuses into the
-    # full-resolution consumer, where strided slices make it two interior pads materialised at
-    # (half) full resolution.
-    blocks = x.reshape(x.shape[:axis] + (n_out, k) + x.shape[axis + 1:])
-    tap = lambda i: jax.lax.index_in_dim(blocks, int(i), axis + 1, keepdims=False)
-    return tap(i0[0]) * x.dtype.type(w0[0]) + tap(i1[0]) * x.dtype.type(w1[0])
-  shape = [1] * x.ndim
-  shape[axis] = -1
-  return (_take(x, i0, axis) * jnp.asarray(w0.reshape(shape), x.dtype) +
-          _take(x, i1, axis) * jnp.asarray(w1.reshape(shape), x.dtype))
-
-
-def resize(x: jax.Array, out_hw: Sequence[int], method: str, antialias: bool) -> jax.Array:
-  """Resizes NHWC images spatially; `antialias` must be stated because it changes the baseline.
-
-  Bilinear resizes whose weights have two taps per pixel are computed as two gathers per axis
-  instead of jax.image.resize's dense weight matrices: the same weights, a fraction of the FLOPs
-  (448->224 on 16 channels: 2.2 GFLOPs dense), equal to jax.image.resize up to float rounding.
-  """
-  check_method(method)
-  h, w = out_hw
-  if method == "area":
-    mh = jnp.asarray(_area_matrix(x.shape[1], h), x.dtype)
-    mw = jnp.asarray(_area_matrix(x.shape[2], w), x.dtype)
-    return jnp.einsum("oh,pw,nhwc->nopc", mh, mw, x)
-  if method == "bilinear":
-    taps_h = _two_taps(x.shape[1], h, method, antialias)
-    taps_w = _two_taps(x.shape[2], w, method, antialias)
-    if taps_h is not None and taps_w is not None:
-      return _resize_two_taps(_resize_two_taps(x, 1, taps_h), 2, taps_w)
-  return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method=method, antialias=antialias)
 
 
 class FixedResizer(nn.Module):
@@ -349,6 +267,9 @@ class MullerResizer(nn.Module):
 
   def __post_init__(self):
     # Here rather than at init: a bad name fails where the model is built, outside any trace.
+    if self.kernel_size < 1 or self.kernel_size % 2 != 1:
+      # An even blur is centred between pixels: every band shifted by half a pixel.
+      raise ValueError(f"MULLER kernel_size={self.kernel_size!r}; valid: odd sizes (1, 3, 5, ...)")
     if self.pretrained is not None:
       if self.pretrained not in MULLER_PRETRAINED:
         raise ValueError(f"unknown MULLER weights {self.pretrained!r}; valid: "
