@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -68,14 +69,46 @@ def test_warm_start_loads_exactly_the_backbone_and_leaves_the_resizer_fresh(bili
                                                       jax.tree.leaves(warm.params["backbone"])))
 
 
-def test_warm_start_through_the_trainer(bilinear_run, data_dir, tmp_path):
-  config = demo_config(data_dir)
+def test_warm_start_through_the_trainer(bilinear_run, data_dir, tmp_path, monkeypatch):
+  """The state the trainer starts from holds the source run's backbone and a fresh resizer.
+
+  The train step is run for its metrics on a copy of the state and the state is kept as it was
+  (only its step counts), so the run's one checkpoint is exactly the state the trainer built.
+  """
+  real_jit_train_step = train.jit_train_step
+
+  def frozen_train_step(*args, **kwargs):
+    step = real_jit_train_step(*args, **kwargs)
+
+    def run(state, batch):
+      new, metrics = step(jax.tree.map(jnp.copy, state), batch)  # The copy is donated.
+      return state.replace(step=new.step), metrics
+    return run
+  monkeypatch.setattr(train, "jit_train_step", frozen_train_step)
+  config = demo_config(data_dir, num_train_steps=1, num_pictures=0)
   config.init_from = bilinear_run
   final = train.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(final["eval/loss"])
-  _, state, meta = checkpoint.load(str(tmp_path))
-  assert meta["config"]["init_from"] == bilinear_run
-  assert "resizer" in state["params"] and "backbone" in state["params"]
+  step, started, meta = checkpoint.load(str(tmp_path))
+  assert step == 1 and meta["config"]["init_from"] == bilinear_run
+  _, source, _ = checkpoint.load(bilinear_run)
+  fresh = fresh_state(config)  # The run's seed: the resizer's initial values.
+  for collection in ("params", "batch_stats"):
+    backbone = jax.tree_util.tree_leaves_with_path(started[collection]["backbone"])
+    source_backbone = jax.tree.leaves(source[collection]["backbone"])
+    fresh_backbone = jax.tree.leaves(getattr(fresh, collection)["backbone"])
+    assert len(backbone) == len(source_backbone) == len(fresh_backbone) > 0
+    for (path, got), want, unloaded in zip(backbone, source_backbone, fresh_backbone):
+      np.testing.assert_array_equal(got, want, err_msg=f"{collection}: backbone"
+                                    f"{jax.tree_util.keystr(path)} is not the source run's")
+      # Training moved every leaf from its initial value: equal to the source is loaded from it.
+      assert not np.array_equal(want, unloaded), jax.tree_util.keystr(path)
+    resizer = jax.tree.leaves(started[collection]["resizer"])
+    fresh_resizer = jax.tree.leaves(getattr(fresh, collection)["resizer"])
+    assert len(resizer) == len(fresh_resizer) > 0
+    for got, want in zip(resizer, fresh_resizer):
+      np.testing.assert_array_equal(got, want)
+  assert "resizer" not in source["params"]  # bilinear: nothing of the source could fill it.
 
 
 def test_warm_start_into_another_backbone_names_the_paths_and_loads_nothing(bilinear_run, data_dir):

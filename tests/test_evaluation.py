@@ -14,6 +14,7 @@ from resizer_jax.data import input_pipeline
 
 
 SIZE = 48  # Pixels of the unit test's images: any size works, a small one compiles faster.
+BN_MOMENTUM = 0.9  # configs/demo.py's resizer and resnet_tiny: the running statistics' decay.
 
 
 def _model_and_variables(data_dir):
@@ -41,10 +42,15 @@ def test_recomputed_statistics_are_those_of_the_batches_taken_as_one(data_dir):
   garbage = jax.tree.map(lambda x: x + 7.0, variables["batch_stats"])
   together = recompute(variables["params"], garbage, [{"image": a}, {"image": b}])
 
+  # The reference, without the code under test: the model as it trains, from zero running
+  # statistics, whose update m * 0 + (1 - m) * the batch's gives the batch's divided by 1 - m.
+  assert model.resizer.bn_momentum == model.backbone.bn_momentum == BN_MOMENTUM
+
   def one_batch(images):
-    _, updates = train.keeping_last_batch(model).apply(
-        variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
-    return updates["batch_stats"]
+    zeros = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
+    _, updates = model.apply({"params": variables["params"], "batch_stats": zeros}, images,
+                             train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    return jax.tree.map(lambda x: x / (1 - BN_MOMENTUM), updates["batch_stats"])
 
   # The resizer's first BatchNorm sees no other: its statistics over a and b are those of one
   # batch holding both (the later ones see inputs normalised per batch in train mode).

@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 
 from helpers import REPO, assert_same_training, assert_trees_close, demo_config, metrics_lines, saved_state
+from resizer_jax import pictures
 from resizer_jax import train
 from resizer_jax.data import input_pipeline
 
@@ -36,13 +37,16 @@ def test_tiny_demo_trains_on_8_devices_and_loss_falls(tiny_run):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   step, _ = saved_state(workdir)
   assert step == config.num_train_steps
-  # Pictures at every eval: one row per sample image of original | baseline | learned.
-  size = config.data.input_size
+  # Pictures at every eval: one row per sample image of original | baseline | learned, under the
+  # column captions and each under its label (tests/test_pictures.py checks the text).
+  size, cap = config.data.input_size, pictures.CAPTION_HEIGHT
   for eval_step in (config.eval_every_steps, config.num_train_steps):
     with Image.open(os.path.join(workdir, "pictures", f"step_{eval_step:08d}.png")) as im:
       picture = np.asarray(im)
-    assert picture.shape == (config.num_pictures * size, 3 * size, 3)
-    baseline, learned = picture[:, size:2 * size], picture[:, 2 * size:]
+    assert picture.shape == (cap + config.num_pictures * (cap + size), 3 * size, 3)
+    rows = np.concatenate([picture[cap + i * (cap + size) + cap:][:size]
+                           for i in range(config.num_pictures)])
+    baseline, learned = rows[:, size:2 * size], rows[:, 2 * size:]
     assert learned.min() == 0 and learned.max() == 255  # Stretched.
     assert not np.array_equal(baseline, learned)
 
@@ -59,20 +63,37 @@ def test_one_device_cli_run_ends_with_the_same_parameters(tiny_run, data_dir, tm
   assert final["eval/accuracy"] == pytest.approx(tiny_run[1]["eval/accuracy"])
   assert_same_training(str(tmp_path), tiny_run[0], demo_config(data_dir).checkpoint_every_steps)
 
-  # The console at default verbosity: no library chatter, only the trainer's own lines.
+  # The console at default verbosity, as a user reads it: nothing on stderr (no library logging);
+  # a header (the model, the workdir, then the plan indented); one line per step the run logged
+  # (not per step), with the figures metrics.jsonl holds, and an eval's on the line after its
+  # step's; then where the checkpoints and pictures went, and the final JSON.
   assert out.stderr == "", out.stderr[-3000:]
   lines = out.stdout.splitlines()
-  config = demo_config(data_dir)
-  log_steps = console_log_steps(config, config.num_train_steps)
-  assert [l.split()[1] for l in lines if l.startswith("step ")] == [
-      f"{s}/{config.num_train_steps}" for s in log_steps]
-  assert len(lines) == CONSOLE_HEADER + len(log_steps) + 2 + CONSOLE_TAIL, out.stdout
-  # The same count for the embedded default (configs/demo.py: 1056 train examples, batch 32).
-  full = demo_config(data_dir, arg="")
-  total = round(full.num_epochs * (1056 // full.batch_size))
-  evals = len([s for s in console_log_steps(full, total) if s % full.eval_every_steps == 0 or
-               s == total])
-  assert CONSOLE_HEADER + len(console_log_steps(full, total)) + evals + CONSOLE_TAIL <= 40
+  first = next(i for i, line in enumerate(lines) if line.startswith("step "))
+  header, body, tail = lines[:first], lines[first:-3], lines[-3:]
+  assert header[0].startswith("learned resizer 128 px -> 16x16 px, resnet_tiny, classification on "
+                              "resizer_demo/tiny (4 classes); "), header
+  assert header[1] == f"workdir {tmp_path}: new run", header
+  assert 6 <= len(header) - 2 <= 8 and all(line.startswith("  ") for line in header[2:]), header
+  # configs/demo.py:tiny: 12 steps, a log every 4 steps, an eval and a checkpoint every 6.
+  logged = metrics_lines(str(tmp_path))
+  assert [m["step"] for m in logged] == [4, 6, 8, 12]
+  expected = []
+  for m in logged:
+    step = m["step"]
+    expected.append((f"step {step:2d}/12  loss {m['train/loss']:.4g}  accuracy "
+                     f"{m['train/accuracy']:.4g}  grad_norm {m['train/grad_norm']:.4g}  ",
+                     " steps/s  ETA " if step < 12 else " steps/s"))
+    if step in (6, 12):
+      expected.append((f"eval at step {step}: loss {m['eval/loss']:.4g}  accuracy "
+                       f"{m['eval/accuracy']:.4g}  top5_accuracy {m['eval/top5_accuracy']:.4g}  ",
+                       "  skipped 0  examples 16"))
+  assert len(body) == len(expected) == 6, out.stdout
+  for line, (start, rest) in zip(body, expected):
+    assert line.startswith(start) and (rest in line if "ETA" in rest else line.endswith(rest)), (
+        line, start, rest)
+  assert tail[0] == f"checkpoints: steps 6, 12 in {tmp_path}/checkpoints", tail
+  assert tail[1].startswith(f"pictures: {tmp_path}/pictures/step_*.png"), tail
 
 
 def test_a_missing_dataset_is_one_line_on_stderr_and_verbosity_shows_the_traceback(tmp_path):
@@ -90,15 +111,6 @@ def test_a_missing_dataset_is_one_line_on_stderr_and_verbosity_shows_the_traceba
   verbose = subprocess.run(cmd + ["--verbosity=1"], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=300)
   assert verbose.returncode != 0 and "Traceback (most recent call last)" in verbose.stderr
-
-
-CONSOLE_HEADER = 9  # The model in one line, the workdir, the six lines of the plan, what eval uses.
-CONSOLE_TAIL = 3  # Where the checkpoints and pictures went, the final JSON.
-
-
-def console_log_steps(config, total):
-  return [s for s in range(1, total + 1) if s == total or any(
-      s % config[f"{k}_every_steps"] == 0 for k in ("log", "eval", "checkpoint"))]
 
 
 def test_a_crashed_run_resumes_and_ends_where_an_uninterrupted_run_ends(
