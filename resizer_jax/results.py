@@ -249,7 +249,7 @@ def _plot(cells, metric, path):
     x = float(props["target"]) if by_target else i
     label = _label(key, ("target",)) if by_target else _label(key)
     lines.setdefault(label, []).append((x, *mean_ci(list(by_seed.values()))))
-  fig, ax = plt.subplots(figsize=(6, 4) if by_target else (6, 1.5 + 0.35 * len(cells)))
+  fig, ax = plt.subplots(figsize=(6, 4) if by_target else (10, 1.5 + 0.35 * len(cells)))
   for i, (label, pts) in enumerate(sorted(lines.items()) if by_target else lines.items()):
     x, mean, half = map(np.asarray, zip(*sorted(pts)))
     if by_target:  # Side by side at each target, so that the intervals do not hide each other.
@@ -264,7 +264,7 @@ def _plot(cells, metric, path):
   else:
     ax.set_yticks(range(len(lines)), list(lines), fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{metric} (mean ± 95% CI over seeds)")
+    ax.set_xlabel(f"{metric}\n(mean ± 95% CI over seeds)")
   fig.tight_layout()
   png = io.BytesIO()
   fig.savefig(png, format="png", dpi=100)
