@@ -170,6 +170,8 @@ fi
 # Follows each worker's logs, run after run, until the job ends (or prints them, when it has), then
 # its state. Exits with the job's code, so that a launch that follows its job fails when it does.
 attach_script="$worker_prelude"'
+# Ctrl-C detaches at once: no waiting here for the steps or the run to end.
+trap "exit 130" INT
 [[ -e $r/pid ]] || { echo "not started"; exit 0; }
 n=$(cat "$r/nsteps" 2>/dev/null || echo 1)
 for ((k = 1; k <= n; k++)); do
@@ -180,6 +182,7 @@ for ((k = 1; k <= n; k++)); do
   [[ ! -e $r/nsteps ]] || echo "--- step $k/$n: log $(readlink "$r/step-$k.log")"
   if [[ $s == running ]] && running; then
     tail -n +1 -F --pid="$(cat "$r/step-$k.pid")" "$r/step-$k.log" 2>/dev/null
+    rc=$?; ((rc <= 128)) || exit "$rc"  # Interrupted (Ctrl-C), not ended with its run.
   else cat "$r/step-$k.log"; fi
 done
 while running; do sleep 0.2; done  # Its last words: the exit code, the log copied.
