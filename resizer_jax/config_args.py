@@ -130,7 +130,8 @@ def override(config, dotted: str, value):
       except (TypeError, ValueError):
         raise ValueError(f"config.{dotted}={value!r} must be of type {kind.__name__}") from None
   with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
-    for candidate in _readings(value):
+    # A string into a None placeholder (e.g. of type int): as given, then as the command line reads it.
+    for candidate in (value, parse_value(value)) if isinstance(value, str) else (value,):
       try:
         node[leaf] = candidate
         return
@@ -139,12 +140,14 @@ def override(config, dotted: str, value):
     raise ValueError(f"config.{dotted}={value!r}: {' '.join(str(error).split())}")
 
 
-def _readings(value):
-  """`value`, then (for a string, e.g. into a None placeholder of type int) it read as a number."""
-  yield value
-  if isinstance(value, str):
-    for kind in (int, float):
-      try:
-        yield kind(value)
-      except ValueError:
-        pass
+def parse_value(text: str):
+  """A command-line value (--grid, --config.x into an untyped field): a bool or a number where it
+  reads as one, else the string."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text

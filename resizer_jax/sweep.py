@@ -89,18 +89,6 @@ def _text(value) -> str:
   return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _parse_value(text: str):
-  """A --grid or --config.x value: a number or a bool where it reads as one, else the string."""
-  if text.lower() in ("true", "false"):
-    return text.lower() == "true"
-  for kind in (int, float):
-    try:
-      return kind(text)
-    except ValueError:
-      pass
-  return text
-
-
 def parse_grid(items) -> dict:
   """--grid=KEY=V1,V2,... items as {KEY: [V1, V2, ...]}."""
   grid = {}
@@ -110,7 +98,7 @@ def parse_grid(items) -> dict:
       raise ValueError(f"--grid={item!r}: give KEY=V1,V2,... (e.g. --grid=seed=0,1,2)")
     if key in grid:
       raise ValueError(f"--grid names {key!r} twice; give its values once: --grid={key}=V1,V2")
-    grid[key] = [_parse_value(v) for v in values.split(",")]
+    grid[key] = [config_args.parse_value(v) for v in values.split(",")]
   return grid
 
 
@@ -162,7 +150,8 @@ def load(config: str, grid_axes: dict | None = None, fields: dict | None = None)
       if any("," in _text(v) for v in values):
         raise ValueError(f"grid {key!r}: a value may not hold a comma (commas separate them)")
     # As the command line reads them, so that every worker process names the points alike.
-    grid_axes = {k: [_parse_value(_text(v)) for v in values] for k, values in grid_axes.items()}
+    grid_axes = {k: [config_args.parse_value(_text(v)) for v in values]
+                 for k, values in grid_axes.items()}
     grid(add, **grid_axes)
   elif hasattr(module, "sweep"):
     module.sweep(add, arg or None)
