@@ -90,9 +90,28 @@ def base_env(tmp_path_factory):
 
 @pytest.fixture
 def env(base_env, tmp_path):
-  """Per test: the stand-ins' state (VMs, SLURM jobs) and the user's home under tmp_path."""
+  """Per test: the stand-ins' state (VMs, SLURM jobs), the user's home under tmp_path, and gcloud
+  signed in to a project."""
   os.makedirs(tmp_path / "home")
-  return dict(base_env, STANDIN_ROOT=str(tmp_path / "cloud"), HOME=str(tmp_path / "home"))
+  return dict(base_env, STANDIN_ROOT=str(tmp_path / "cloud"), HOME=str(tmp_path / "home"),
+              STANDIN_GCLOUD_ACCOUNT="someone@example.com", STANDIN_GCLOUD_PROJECT="a-project")
+
+
+@pytest.fixture
+def agent_env(env):
+  """env, with gcloud's key (~/.ssh/google_compute_engine) in a running ssh-agent of its own, as
+  gcloud's scp --worker=all to several workers requires."""
+  key = os.path.join(env["HOME"], ".ssh", "google_compute_engine")
+  os.makedirs(os.path.dirname(key))
+  subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+  started = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
+  agent = dict(re.findall(r"(SSH_AUTH_SOCK|SSH_AGENT_PID)=([^;]+);", started))
+  env = dict(env, **agent)
+  try:
+    subprocess.run(["ssh-add", "-q", key], env=env, check=True, capture_output=True)
+    yield env
+  finally:
+    os.kill(int(agent["SSH_AGENT_PID"]), signal.SIGTERM)
 
 
 def run(cmd, env, cwd, timeout=600, check=True):
@@ -109,7 +128,9 @@ def worker_lines(out, i):
 
 
 @pytest.mark.slow  # Second tier (.ci/run): a real bootstrap or a long rehearsal.
-def test_tpu_vm_launch_sets_up_every_worker_and_trains_detached(checkout, env, data_dir, tmp_path):
+def test_tpu_vm_launch_sets_up_every_worker_and_trains_detached(
+    checkout, agent_env, data_dir, tmp_path):
+  env = agent_env  # 2 workers: gcloud's scp --worker=all wants its key in ssh-agent.
   workdir = tmp_path / "run"
   tpu = ["bash", "launch/tpu.sh", *VM]
   try:
@@ -468,6 +489,19 @@ def test_dry_runs_print_what_they_would_run_and_run_nothing(checkout, env, tmp_p
      "--step #1 starts from /a (--config.init_from), which step #2 trains: put it after that step"),
     (["launch/tpu.sh", *VM, "--accelerator=v4-8", "--step=--config='c --workdir=/a"],
      "--step='--config='c --workdir=/a': unmatched quote"),
+    # What the service refuses at creation: another generation's software version, a type it
+    # does not have, Autocheckpoint where it does not exist.
+    (["launch/tpu.sh", *VM, "--accelerator=v5litepod-16", "--version=tpu-ubuntu2204-base", *TRAIN,
+      "--workdir=gs://b/r"], "--version=tpu-ubuntu2204-base does not fit "
+     "--accelerator=v5litepod-16: v5e runs v2-alpha-tpuv5-lite (Cloud TPU's software versions: "),
+    (["launch/tpu.sh", *VM, "--accelerator=v4-8", "--version=v2-alpha-tpuv6e", *TRAIN,
+      "--workdir=gs://b/r"], "--version=v2-alpha-tpuv6e does not fit --accelerator=v4-8: v4 runs "
+     "tpu-ubuntu2204-base"),
+    (["launch/tpu.sh", *VM, "--accelerator=tpu-v4-8", *TRAIN, "--workdir=gs://b/r"],
+     "--accelerator=tpu-v4-8: give one of v2-N, v3-N, v4-N, v5litepod-N (v5e), v5p-N, v6e-N"),
+    (["launch/tpu.sh", *VM, "--accelerator=v5p-8", "--autocheckpoint", *TRAIN,
+      "--workdir=gs://b/r"], "--autocheckpoint: Cloud TPU's Autocheckpoint is for v2, v3, v4 and "
+     "v5e, not v5p-8"),
     (["launch/slurm.sbatch", "--workdir=/r"],
      "missing --config=FILE[:ARG] (e.g. sbatch --nodes=2 "),
     (["launch/slurm.sbatch", *TRAIN], "missing --workdir=DIR (e.g. "),
@@ -481,3 +515,246 @@ def test_launchers_refuse_bad_input_in_one_line_and_run_nothing(
   assert len(out.stderr.splitlines()) == 1 and message in out.stderr, out.stderr
   assert out.stderr.startswith(cmd[0] + ": ")
   assert not os.path.exists(tmp_path / "cloud") and not (checkout / ".venv").exists()
+
+
+def _creates(env):
+  """The create calls the stand-in gcloud received, one line of arguments each."""
+  path = os.path.join(env["STANDIN_ROOT"], "creates")
+  return open(path).read().splitlines() if os.path.exists(path) else []
+
+
+def test_tpu_software_version_follows_the_accelerator(checkout, env, tmp_path):
+  """Cloud TPU's software versions per generation, by default; --autocheckpoint through gcloud
+  alpha. And the stand-in refuses what the service does: the version that used to be sent for
+  every type, on a v5e."""
+  for accelerator, version in (("v4-32", "tpu-ubuntu2204-base"), ("v2-8", "tpu-ubuntu2204-base"),
+                               ("v5litepod-16", "v2-alpha-tpuv5-lite"), ("v5p-8", "v2-alpha-tpuv5"),
+                               ("v6e-8", "v2-alpha-tpuv6e")):
+    out = run(["bash", "launch/tpu.sh", *VM, f"--accelerator={accelerator}", *MAIN_ARGS.split(),
+               "--dry-run"], env, checkout).stdout
+    assert out.startswith(f"gcloud compute tpus tpu-vm create demo --zone=us-central2-b "
+                          f"--accelerator-type={accelerator} --version={version}\n"), out
+  out = run(["bash", "launch/tpu.sh", *VM, "--accelerator=v5litepod-16", "--queued",
+             "--autocheckpoint", *MAIN_ARGS.split(), "--dry-run"], env, checkout).stdout
+  assert out.startswith(
+      "gcloud alpha compute tpus queued-resources create demo --node-id=demo --zone=us-central2-b "
+      "--accelerator-type=v5litepod-16 --runtime-version=v2-alpha-tpuv5-lite "
+      "--autocheckpoint-enabled\n"), out
+  out = run(["bash", "launch/tpu.sh", *VM, "--accelerator=v4-8", "--autocheckpoint",
+             *MAIN_ARGS.split(), "--dry-run"], env, checkout).stdout
+  assert out.startswith("gcloud alpha compute tpus tpu-vm create demo --zone=us-central2-b "
+                        "--accelerator-type=v4-8 --version=tpu-ubuntu2204-base "
+                        "--autocheckpoint-enabled\n"), out
+  assert not os.path.exists(tmp_path / "cloud")
+  gcloud = ["gcloud", "compute", "tpus", "tpu-vm", "create", "x", "--zone=z"]
+  refused = run([*gcloud, "--accelerator-type=v5litepod-16", "--version=tpu-ubuntu2204-base"],
+                env, checkout, check=False)
+  assert refused.returncode == 1 and "INVALID_ARGUMENT: runtime version" in refused.stderr
+  refused = run([*gcloud, "--accelerator-type=v4-8", "--version=tpu-ubuntu2204-base",
+                 "--autocheckpoint-enabled"], env, checkout, check=False)
+  assert "unrecognized arguments: --autocheckpoint-enabled" in refused.stderr  # Alpha only.
+  assert _creates(env) == []
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(STANDIN_GCLOUD_ACCOUNT=""), "gcloud has no account: run gcloud auth login"),
+    (dict(STANDIN_GCLOUD_PROJECT=""), "no project: give --project=P or run gcloud config set "
+     "project P"),
+    # 2 hosts, and no ssh-agent: gcloud's scp --worker=all would refuse once the slice bills.
+    (dict(SSH_AUTH_SOCK=""), "--accelerator=v4-16 has 2 hosts and gcloud's --worker=all needs "),
+])
+def test_tpu_launch_checks_gcloud_before_creating_anything(change, message, checkout, env):
+  env = dict(env, **change)
+  out = run(["bash", "launch/tpu.sh", *VM, "--accelerator=v4-16", *TRAIN, "--workdir=/w"], env,
+            checkout, check=False)
+  assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
+  assert len(out.stderr.splitlines()) == 1 and message in out.stderr, out.stderr
+  assert _creates(env) == []
+
+
+@pytest.mark.parametrize("end,says", [
+    ("FAILED", "not granted (refused, or --valid-until-duration ran out); left: the request, no "
+     "node; delete it with launch/tpu.sh --name=demo --zone=us-central2-b --queued --delete, "
+     "then launch again"),
+    ("SUSPENDED", "its node was taken (preemption or maintenance); left: the request, no node; "),
+    ("SUSPENDING", "its node is being taken (preemption or maintenance); left: the request; "),
+    ("DELETING", "being deleted; nothing is left once it is gone"),
+])
+def test_tpu_queued_wait_ends_in_one_line_on_states_that_grant_nothing(end, says, checkout, env):
+  """ACCEPTED, WAITING_FOR_RESOURCES, then an end other than ACTIVE; one failed describe on the way
+  (a network blip) is tried again, not fatal."""
+  # Blips: the describe that asks whether the request exists, and one in the wait.
+  env = dict(env, STANDIN_QUEUED_END=end, STANDIN_DESCRIBE_FAIL="1,3")
+  out = run(["bash", "launch/tpu.sh", *VM, "--queued", "--accelerator=v4-8", *TRAIN,
+             "--workdir=/w"], env, checkout, check=False, timeout=60)
+  lines = out.stderr.splitlines()
+  assert out.returncode == 1, out.stderr
+  assert "describe failed (ERROR: (gcloud stand-in) UNAVAILABLE" in lines[0], lines
+  assert "launch/tpu.sh: queued resource demo: ACCEPTED; waiting" in lines
+  assert sum("describe failed" in l for l in lines) == 2, lines
+  assert lines[-1] == f"launch/tpu.sh: queued resource demo: {end}: " + lines[-1].split(
+      f"{end}: ", 1)[1] and says in lines[-1], lines
+  assert len(_creates(env)) == 1 and os.path.exists(os.path.join(env["STANDIN_ROOT"], "queued",
+                                                                 "demo"))
+
+
+def test_tpu_queued_request_that_exists_is_waited_on_not_created_again(checkout, env):
+  env = dict(env, STANDIN_QUEUED_END="FAILED")
+  run(["gcloud", "compute", "tpus", "queued-resources", "create", "demo", "--node-id=demo",
+       "--zone=us-central2-b", "--accelerator-type=v4-8", "--runtime-version=tpu-ubuntu2204-base"],
+      env, checkout)
+  out = run(["bash", "launch/tpu.sh", *VM, "--queued", "--accelerator=v4-8", *TRAIN,
+             "--workdir=/w"], env, checkout, check=False, timeout=60)
+  assert "launch/tpu.sh: queued resource demo exists (ACCEPTED): waiting on it, not creating " \
+      "another" in out.stderr, out.stderr
+  assert out.stderr.splitlines()[-1].startswith("launch/tpu.sh: queued resource demo: FAILED: ")
+  assert len(_creates(env)) == 1  # The one above.
+
+
+def test_tpu_ctrl_c_in_the_queued_wait_deletes_the_request(checkout, env):
+  env = dict(env, STANDIN_QUEUED_WAIT_S="1000")
+  waiting = subprocess.Popen(["bash", "launch/tpu.sh", *VM, "--queued", "--accelerator=v4-8",
+                              *TRAIN, "--workdir=/w"], cwd=checkout, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+  try:
+    assert "waiting" in waiting.stderr.readline()
+    os.killpg(waiting.pid, signal.SIGINT)  # As a terminal sends it to its foreground processes.
+    _, err = waiting.communicate(timeout=60)
+  finally:
+    waiting.kill()
+  assert waiting.returncode == 130, err
+  assert "interrupted while waiting: deleting queued resource demo" in err, err
+  assert not os.path.exists(os.path.join(env["STANDIN_ROOT"], "queued", "demo"))
+
+
+def test_tpu_delete_takes_the_queued_resource_with_its_node(checkout, env):
+  """--delete without --queued, on a node a queued resource holds: both go (deleting the node
+  alone leaves the request SUSPENDED)."""
+  gcloud = ["gcloud", "compute", "tpus", "queued-resources"]
+  run([*gcloud, "create", "demo", "--node-id=demo", "--zone=us-central2-b",
+       "--accelerator-type=v4-8", "--runtime-version=tpu-ubuntu2204-base"], env, checkout)
+  for _ in range(3):  # ACCEPTED, WAITING_FOR_RESOURCES, then granted: ACTIVE with its node.
+    state = run([*gcloud, "describe", "demo", "--zone=us-central2-b",
+                 "--format=value(state.state)"], env, checkout).stdout
+  assert state == "ACTIVE\n" and os.path.isdir(os.path.join(env["STANDIN_ROOT"], "tpu", "demo"))
+  run(["bash", "launch/tpu.sh", *VM, "--delete"], env, checkout)
+  for kind in ("queued", "tpu"):
+    assert not os.path.exists(os.path.join(env["STANDIN_ROOT"], kind, "demo")), kind
+
+
+def _fake_python(tmp_path, env, trainer):
+  """env with python3 on the workers a stand-in for Python and uv: `-m uv venv DIR` makes
+  DIR/bin/python the bash script trainer. Anything else goes to this Python."""
+  fake = tmp_path / "fake_python"
+  os.makedirs(fake)
+  (fake / "python3").write_text(
+      "#!/usr/bin/env bash\n"
+      f"[[ \"$* \" == '-m uv '* ]] || exec {sys.executable} \"$@\"  # gcloud, the launcher.\n"
+      "if [[ $3 == venv ]]; then d=${@: -1}; mkdir -p \"$d/bin\"\n"
+      f"  cat > \"$d/bin/python\" <<'TRAINER'\n{trainer}TRAINER\n"
+      "  chmod +x \"$d/bin/python\"; fi\n")
+  os.chmod(fake / "python3", 0o755)
+  return dict(env, PATH=f"{fake}:{env['PATH']}")
+
+
+@pytest.fixture
+def fake_worker_python(tmp_path, env):
+  """python3 on the workers as a stand-in for Python, uv and the trainer, so that a launch runs in
+  seconds: the venv's python is a trainer that writes <workdir>/result.json and exits 0, or exits
+  with --config.exit_code."""
+  trainer = ("#!/usr/bin/env bash\n"
+             "for a; do case $a in --workdir=*) wd=${a#*=} ;; --config.exit_code=*) rc=${a#*=} ;;"
+             " esac; done\n"
+             "mkdir -p \"$wd\" && echo \"trained $wd\" && sleep 0.5\n"
+             "[[ ${rc:-0} != 0 ]] || echo '{}' > \"$wd/result.json\"\nexit ${rc:-0}\n")
+  return _fake_python(tmp_path, env, trainer)
+
+
+def test_tpu_delete_when_done_deletes_a_finished_slice_and_every_other_exit_says_it_is_up(
+    checkout, fake_worker_python, tmp_path):
+  env = fake_worker_python
+  tpu = ["bash", "launch/tpu.sh", *VM, "--accelerator=v4-8", "--jax=cpu", *TRAIN]
+  vm = tmp_path / "cloud" / "tpu" / "demo"
+  up = "launch/tpu.sh: the slice demo is still up and billed until deleted: launch/tpu.sh " \
+      "--name=demo --zone=us-central2-b --delete"
+  # The run fails: the slice stays, and the launcher says so and how to delete it.
+  out = run([*tpu, f"--workdir={tmp_path / 'bad'}", "--config.exit_code=3", "--delete-when-done"],
+            env, checkout, check=False, timeout=120)
+  assert out.returncode == 3 and os.path.isdir(vm), out.stdout + out.stderr
+  assert out.stderr.splitlines()[-1] == up, out.stderr
+  out = run([*tpu, "--reuse", f"--workdir={tmp_path / 'detached'}", "--detach"], env, checkout,
+            timeout=120)
+  assert out.stderr.splitlines()[-1] == up, out.stderr
+  run([*tpu, "--delete"], env, checkout)
+  # Finished, with --delete-when-done (and --detach: it waits without printing the logs): deleted.
+  out = run([*tpu, f"--workdir={tmp_path / 'good'}", "--delete-when-done", "--detach"], env,
+            checkout, timeout=120)
+  assert (tmp_path / "good" / "result.json").exists()
+  assert "every worker's run finished: deleting demo (--delete-when-done)" in out.stderr, out.stderr
+  assert not vm.exists() and up not in out.stderr
+
+
+def _wait_for(what, condition, timeout_s=60):
+  deadline = time.time() + timeout_s
+  while not condition():
+    assert time.time() < deadline, f"not within {timeout_s} s: {what}"
+    time.sleep(0.1)
+
+
+def test_tpu_worker_copies_its_log_to_a_gs_workdir_while_the_run_goes_on(checkout, env, tmp_path):
+  """Logs that survive the VM: with a gs:// workdir each worker copies its log there every
+  LOG_COPY_EVERY_S (here 1 s) while the run goes on, not only when it ends. The trainer stands in
+  for one writing gs:// (a bucket is $STANDIN_ROOT/gs/BUCKET for it as for the stand-in gcloud)
+  and logs a line, then waits for the test's go before each next one."""
+  gs = tmp_path / "cloud" / "gs"
+  trainer = ("#!/usr/bin/env bash\n"
+             "at() { echo \"$STANDIN_ROOT/gs/${1#gs://}\"; }\n"
+             "if [[ $1 == -c ]]; then [[ -e $(at \"$3\") ]]; exit; fi  # Is result.json there?\n"
+             "for a; do case $a in --workdir=*) wd=$(at \"${a#*=}\") ;; esac; done\n"
+             "go() { for _ in $(seq 600); do [[ -e $STANDIN_ROOT/go-$1 ]] && return; sleep 0.1; "
+             "done; exit 1; }\n"
+             "echo 'trainer: step 1'; go 1; echo 'trainer: step 2'; go 2\n"
+             "mkdir -p \"$wd\" && echo '{}' > \"$wd/result.json\" && echo 'trainer: done'\n")
+  env = dict(_fake_python(tmp_path, env, trainer), RESIZER_JAX_TPU_LOG_COPY_EVERY_S="1")
+  tpu = ["bash", "launch/tpu.sh", *VM]
+  copy = gs / "bucket" / "runs" / "r" / "logs" / "worker-0.log"
+  job = tmp_path / "cloud" / "tpu" / "demo" / "worker-0" / "resizer_jax_run"
+  logged = lambda line: copy.exists() and line in copy.read_text().splitlines()
+  try:
+    run([*tpu, "--accelerator=v4-8", "--jax=cpu", *TRAIN, "--workdir=gs://bucket/runs/r",
+         "--detach"], env, checkout, timeout=120)
+    # The trainer waits after each line: the copies that show them were made while it ran.
+    _wait_for("step 1 in the copy", lambda: logged("trainer: step 1"))
+    assert not (job / "exit_code").exists() and not logged("trainer: step 2")
+    (tmp_path / "cloud" / "go-1").touch()
+    _wait_for("step 2 in the copy", lambda: logged("trainer: step 2"))  # Again, not just once.
+    assert not (job / "exit_code").exists() and not logged("trainer: done")
+    (tmp_path / "cloud" / "go-2").touch()
+    _wait_for("the job's end", lambda: (job / "exit_code").exists())
+    assert (job / "exit_code").read_text() == "0\n" and (job / "finished").exists()
+    assert logged("trainer: done")  # Copied at the end, the rest of the log with it.
+    assert copy.read_text() == (job / "log").read_text()
+  finally:
+    for go in ("go-1", "go-2"):
+      (tmp_path / "cloud" / go).touch()
+    run([*tpu, "--delete"], env, checkout)
+
+
+def test_tpu_launcher_runs_from_a_posix_sh_and_python_3_8(checkout, env):
+  """The entry point is POSIX sh (dash has nothing of bash; macOS's bash 3.2 stopped the old one
+  on empty arrays under set -u), and the control plane keeps to Python 3.8 (macOS: 3.9)."""
+  pythons = [p for p in (shutil.which("python3.8"),
+                         *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8"))))
+             if p and subprocess.run([p, "-c", ""], capture_output=True).returncode == 0]
+  cmd = [*VM, "--accelerator=v4-8", "--queued", "--step=--config=c --workdir=/a", "--dry-run"]
+  dry = lambda shell, env: re.sub(r"resizer_jax-demo-\w+\.tar\.gz", "ARCHIVE", run(
+      [shell, "launch/tpu.sh", *cmd], env, checkout).stdout)
+  expected = dry("bash", env)
+  assert expected.count("ARCHIVE") == 2
+  for shell in ("dash", "sh"):
+    if shutil.which(shell):
+      assert dry(shell, env) == expected
+  if not pythons:
+    pytest.skip("no Python 3.8 here to run the control plane with")
+  assert dry("dash" if shutil.which("dash") else "sh", dict(env, PYTHON=pythons[0])) == expected
