@@ -45,71 +45,48 @@ seeds=3, baselines=1. EfficientNet-b0 is not an ImageNet row of Table 1: train i
 baseline into the same DIR first, with configs/imagenet.py:table1=efficientnet_b0 (its fine-tunes
 there are optional).
 """
-import ml_collections
+import os
 
 from resizer_jax import config_args
+
+common = config_args.load_module(os.path.join(os.path.dirname(__file__), "common.py"))
 
 
 def get_config(arg=None):
   arg = config_args.parse_arg(arg, backbone="inception_v2", resizer="learned", input=448, target=224,
                               antialias=False, seed=0, finetune=False, **SWEEP_ARGS)
-  config = ml_collections.ConfigDict()
+  config = common.base()
   config.seed = arg["seed"]
   config.task = "iqa"
 
-  config.data = dict(
+  config.data = common.data(
       name="ava",  # The `default` config: train = generic_ls_train, test = generic_test.
-      data_dir=ml_collections.config_dict.placeholder(str),  # None: $TFDS_DATA_DIR.
-      # The AVA download (AVA.txt, aesthetics_image_lists/, images/); None: <data_dir>/downloads/manual.
-      manual_dir=ml_collections.config_dict.placeholder(str),
-      train_split="train",
-      eval_split="test",
+      # data.manual_dir: the AVA download (AVA.txt, aesthetics_image_lists/, images/).
       input_size=arg["input"],
       # The shorter side to input / eval_crop_fraction (NIMA: 256 for 224), then a random square.
       train_preprocess="resize_crop_flip",
       eval_crop_fraction=0.875,
       shuffle_buffer=10_000,
-      num_shards=ml_collections.config_dict.placeholder(int),  # None: one per process (README).
   )
   config.num_classes = 10  # The scores 1..10.
 
-  config.resizer = dict(
-      name=arg["resizer"],
-      output_size=(arg["target"], arg["target"]),
-      antialias=arg["antialias"],
-      num_filters=16,
-      num_res_blocks=1,
-      interpolation="bilinear",
-      zero_init_tail=False,
-      # resizer=muller (the base resize is `interpolation`): its published weights by name
-      # (resizer_jax.models.resizer.MULLER_PRETRAINED: resnet50); None: zeros, the base resize.
-      muller_pretrained=ml_collections.config_dict.placeholder(str),
-      # How the learned resizer's full-resolution convolutions are computed (models/conv.py);
-      # "auto": the fastest measured on this platform. The same parameters and outputs under each.
-      formulation="auto",
-  )
+  config.resizer = common.resizer(arg["resizer"], arg["target"], arg["antialias"])
   config.backbone = dict(name=arg["backbone"], dropout_rate=0.75)  # NIMA's dropout before the head.
   # Stage 1: an ImageNet run's backbone, whose 1000-way head does not fit (init_head=False).
   # Stage 2 (finetune): the stage-1 IQA run's backbone and head; the resizer starts fresh.
-  config.init_from = ml_collections.config_dict.placeholder(str)
   config.init_head = arg["finetune"]
 
   config.num_epochs = 20.0
   config.num_train_steps = 0
-  config.optimizer = dict(
+  config.optimizer = common.optimizer(
       name="sgd",
       learning_rate=1e-4 if arg["finetune"] else 1e-3,
-      momentum=0.9,
       weight_decay=4e-5,
       label_smoothing=0.0,  # Classification only; IQA trains on the EMD.
-      decay_rate=0.94,
-      decay_epochs=2.0,
       warmup_epochs=1.0,
   )
   # The batch per device follows the hardware; learning_rate is the peak at a global batch of 256.
   config_args.follow_the_hardware(config, arg["input"], eval_every_epochs=1.0)
-  config.max_checkpoints_to_keep = 3
-  config.num_pictures = 4  # Eval images shown as original | baseline | learned.
   config_args.evaluation(config)  # Running BatchNorm statistics, no EMA (docs/evaluation.md).
   if arg["imagenet"] and not arg["finetune"]:  # Stage 1 from the backbone's ImageNet run.
     config.init_from = _imagenet_run(arg["imagenet"], arg["backbone"])

@@ -18,84 +18,32 @@ input=128, target=16, antialias=false, seed=0, epochs=20, eval_every=100, ema=0,
 variants (as in configs/demo.py), tiny (12 steps on the `ava/demo_tiny` build: 22 train / 8 test
 images, for tests).
 """
-import ml_collections
+import os
 
 from resizer_jax import config_args
+
+common = config_args.load_module(os.path.join(os.path.dirname(__file__), "common.py"))
 
 
 def get_config(arg=None):
   arg = config_args.parse_arg(arg, resizer="learned", input=128, target=16, antialias=False, seed=0,
                               ema=0.0, recompute=0, variants=False, eval_every=100,
                               epochs=20.0, tiny=False)
-  config = ml_collections.ConfigDict()
+  config = common.base()
   config.seed = arg["seed"]
-  config.dtype = "float32"
   config.task = "iqa"
 
-  config.data = dict(
-      # The demo configs of `ava` write their own release; they read no manual dir.
-      name="ava/demo_tiny" if arg["tiny"] else "ava/demo",
-      data_dir=ml_collections.config_dict.placeholder(str),  # None: ~/tensorflow_datasets or $TFDS_DATA_DIR.
-      manual_dir=ml_collections.config_dict.placeholder(str),  # Used by `ava` (real AVA) only.
-      train_split="train",
-      eval_split="test",
-      input_size=arg["input"],
-      train_preprocess="crop_flip",  # Flips only: rescaling would alter the degradations.
-      # The stored images are 256 px: eval takes their central `input` px at native resolution, as
-      # train takes random ones. (1.0 would first shrink the whole image to `input` px, weakening
-      # the blur and noise the model is asked about.)
-      eval_crop_fraction=arg["input"] / 256,
-      shuffle_buffer=2048,
-      num_shards=ml_collections.config_dict.placeholder(int),  # None: one per process (README).
-  )
+  # The demo configs of `ava` write their own release; they read no manual dir.
+  config.data = common.demo_data("ava/demo_tiny" if arg["tiny"] else "ava/demo", arg["input"])
   config.num_classes = 10  # The scores 1..10.
 
-  config.resizer = dict(
-      name=arg["resizer"],
-      output_size=(arg["target"], arg["target"]),
-      antialias=arg["antialias"],
-      # Used by resizer=learned|control only (interpolation by muller too).
-      num_filters=16,
-      num_res_blocks=1,
-      interpolation="bilinear",
-      zero_init_tail=False,
-      # resizer=muller (the base resize is `interpolation`): its published weights by name
-      # (resizer_jax.models.resizer.MULLER_PRETRAINED: resnet50); None: zeros, the base resize.
-      muller_pretrained=ml_collections.config_dict.placeholder(str),
-      # How the learned resizer's full-resolution convolutions are computed (models/conv.py);
-      # "auto": the fastest measured on this platform. The same parameters and outputs under each.
-      formulation="auto",
-  )
+  config.resizer = common.resizer(arg["resizer"], arg["target"], arg["antialias"])
   config.backbone = dict(name="resnet_tiny", dropout_rate=0.75)  # NIMA's dropout before the head.
-  config.init_from = ml_collections.config_dict.placeholder(str)
-  config.init_head = True  # A warm start here would come from another IQA run: same 10-way head.
 
-  config.mesh = (("data", -1),)  # Add ("fsdp", k) to split the state k ways (README).
   config.batch_size = 8 if arg["tiny"] else 32
   config.eval_batch_size = 8 if arg["tiny"] else 64
-  config.num_epochs = arg["epochs"]
-  config.num_train_steps = 12 if arg["tiny"] else 0  # 0: num_epochs decides.
-  # AdamW as in configs/demo.py: from scratch on a few hundred images, SGD barely moves in a CPU's
-  # few hundred steps.
-  config.optimizer = dict(
-      name="adamw",
-      learning_rate=1e-3,
-      momentum=0.9,  # Used by sgd only.
-      weight_decay=1e-4,
-      label_smoothing=0.0,  # Classification only; IQA trains on the EMD.
-      decay_rate=0.94,
-      decay_epochs=2.0,
-      warmup_epochs=0.5,
-  )
-
-  config.log_every_steps = 4 if arg["tiny"] else 20
-  config.eval_every_steps = 6 if arg["tiny"] else arg["eval_every"]  # 0: at the end only.
-  config.checkpoint_every_steps = 6 if arg["tiny"] else 100
-  config.max_checkpoints_to_keep = 3
-  config.num_pictures = 4  # Eval images shown as original | baseline | learned.
-  config_args.evaluation(config, ema_decay=arg["ema"], bn_recompute_batches=arg["recompute"],
-                         all_variants=arg["variants"])
-  return config
+  # label_smoothing is classification's; IQA trains on the EMD.
+  return common.demo_training(config, arg, label_smoothing=0.0)
 
 
 def sweep(add, arg=None):

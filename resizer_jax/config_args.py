@@ -69,7 +69,6 @@ def follow_the_hardware(config, input_size: int, *, eval_every_epochs: float,
   """What the paper-scale configs share: batch per device, learning rate per reference batch,
   bfloat16 on accelerators, cadences in epochs (the step counts follow the batch)."""
   config.dtype = "auto"  # bfloat16 on GPU/TPU (params, optimiser state, loss stay float32).
-  config.mesh = (("data", -1),)  # Add ("fsdp", k) to split the state k ways (README).
   config.per_device_batch_size = per_device_batch_for_input(input_size)
   config.per_device_eval_batch_size = config.per_device_batch_size
   config.batch_size = 0  # Unused: per_device_batch_size x devices is the global batch.

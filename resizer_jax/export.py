@@ -33,6 +33,7 @@ from resizer_jax import checkpoint
 from resizer_jax import cli
 from resizer_jax import models
 from resizer_jax import restore
+from resizer_jax import tasks
 
 FLAGS = flags.FLAGS
 
@@ -58,9 +59,7 @@ def _output_meaning(config, what: str) -> str:
   if what == "resizer":
     return ("the resizer's output, RGB in 0..255 pixel units, not clipped (a learned resizer's "
             "output is not meant to look natural)")
-  if config.get("task", "classification") == "iqa":
-    return "logits over the opinion scores 1..10: their softmax is the predicted score histogram"
-  return "logits over the classes (class_names, in label order, when the run recorded them)"
+  return tasks.get(config.task).output_meaning
 
 
 def _write_saved_model(fn, variables, size: int, what: str, path: str):
@@ -120,7 +119,7 @@ def export(workdir: str, what: str, out: str, step: int | None = None) -> dict:
                  "meaning": _output_meaning(run.config, what)},
       "mode": "eval: BatchNorm applies the checkpoint's running statistics",
       **checkpoint.model_signature(run.config),
-      "task": run.config.get("task", "classification"),
+      "task": run.config.task,
       "class_names": (None if getattr(run, "class_names", None) is None else
                       list(run.class_names)),
       "compute_dtype": jnp.dtype(run.model.dtype).name,

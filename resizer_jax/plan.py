@@ -134,7 +134,7 @@ def schedule_steps(optimizer_config, steps_per_epoch: int) -> tuple[int, int]:
 
 def compute_dtype(config, platform: str) -> str:
   """config.dtype; "auto" is bfloat16 on accelerators and float32 on the CPU (where bf16 is slow)."""
-  dtype = config.get("dtype", "float32")
+  dtype = config.dtype
   if dtype == "auto":
     return "float32" if platform == "cpu" else "bfloat16"
   return dtype
@@ -142,8 +142,8 @@ def compute_dtype(config, platform: str) -> str:
 
 def _batch(config, key: str, num_devices: int, num_processes: int) -> tuple[int, int]:
   """(global, per device) for "batch_size" or "eval_batch_size"."""
-  per_device = config.get(f"per_device_{key}")
-  if per_device and config.get(key):
+  per_device = config[f"per_device_{key}"]
+  if per_device and config[key]:
     raise ValueError(f"{key}={config[key]} and per_device_{key}={per_device} are both set; set "
                      f"one (--config.{key}=0 to use per_device_{key})")
   if per_device:
@@ -164,23 +164,23 @@ def make(config, *, num_devices: int, num_processes: int, num_train: int, num_ev
   """
   if num_devices % num_processes:
     raise ValueError(f"{num_devices} devices do not split evenly over {num_processes} processes")
-  mesh = mesh_shape(config.get("mesh", (("data", -1),)), num_devices)
+  mesh = mesh_shape(config.mesh, num_devices)
   global_batch, per_device = _batch(config, "batch_size", num_devices, num_processes)
   eval_batch, _ = _batch(config, "eval_batch_size", num_devices, num_processes)
-  num_shards = num_shards or config.data.get("num_shards") or num_processes
+  num_shards = num_shards or config.data.num_shards or num_processes
   check_num_shards(num_shards, num_processes, global_batch)
   if num_train < global_batch:
     raise ValueError(f"the train split has {num_train} examples, fewer than one global batch "
                      f"({global_batch}); lower per_device_batch_size or batch_size")
   o = config.optimizer
-  reference = o.get("reference_batch")
+  reference = o.reference_batch
   peak = o.learning_rate * global_batch / reference if reference else o.learning_rate
   steps_per_epoch = max(1, num_train // global_batch)
   warmup, decay_steps = schedule_steps(o, steps_per_epoch)
   total = config.num_train_steps or round(config.num_epochs * steps_per_epoch)
   per_process_eval = math.ceil(num_eval / num_processes)
   def every(name):  # name_every_epochs if set, else name_every_steps; 0: only at the end.
-    epochs = config.get(f"{name}_every_epochs")
+    epochs = config[f"{name}_every_epochs"]
     return (max(1, round(epochs * steps_per_epoch)) if epochs else
             config[f"{name}_every_steps"] or total)
   return Plan(

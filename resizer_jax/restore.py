@@ -58,10 +58,22 @@ class Run:
     return np.asarray(predict(self.variables, pixels))
 
 
+# What a config saved before these fields existed meant by their absence.
+_ABSENT_MEANT = {"task": "classification",
+                 "resizer": {"formulation": "auto", "muller_pretrained": None}}
+
+
+def _completed(saved: dict, absent_meant: dict = _ABSENT_MEANT) -> dict:
+  """A saved config with each field an older run's lacks at the value its absence meant."""
+  out = {k: _completed(v, absent_meant[k]) if isinstance(absent_meant.get(k), dict) else v
+         for k, v in saved.items()}
+  return {**out, **{k: v for k, v in absent_meant.items() if k not in out}}
+
+
 def load(workdir: str, step: int | None = None) -> Run:
   """The run in `workdir` at `step` (default: the latest checkpoint)."""
   step, state, meta = checkpoint.load(workdir, step)
-  config = ml_collections.ConfigDict(meta["config"])
+  config = ml_collections.ConfigDict(_completed(meta["config"]))
   # What the run evaluated: its EMA parameters when it kept one (config.ema_decay), and the
   # BatchNorm statistics the last eval left (recomputed ones with config.bn_recompute_batches).
   params = state.get("ema_params") or state["params"]

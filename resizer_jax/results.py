@@ -12,8 +12,6 @@ from etils import epath
 import numpy as np
 from scipy import stats
 
-# The paper's headline number per task: top-1 accuracy (classification) or PLCC (IQA).
-METRICS = ("eval/plcc", "eval/accuracy")
 # Besides learned/control/muller − the fixed baseline: what the learned resizer is compared with.
 BASELINES = ("bilinear", "bicubic")
 ALSO_AGAINST = {"learned": ("control", "muller")}
@@ -22,10 +20,14 @@ NOT_FACTORS = ("point", "seed", "step", "stage", "from", "state", "error")
 
 
 def headline_metric(rows) -> str:
-  for metric in METRICS:
+  """The paper's headline number of the task the rows are runs of (resizer_jax/tasks.py)."""
+  # Here, not at the top: tasks imports JAX, which sweep plans and dry runs never load.
+  from resizer_jax import tasks  # pylint: disable=g-import-not-at-top
+  for metric in tasks.HEADLINE_METRICS:
     if all(metric in r for r in rows):
       return metric
-  raise ValueError(f"the sweep's results have none of the metrics {', '.join(METRICS)} in every row")
+  raise ValueError(f"the sweep's results have none of the metrics "
+                   f"{', '.join(tasks.HEADLINE_METRICS)} in every row")
 
 
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:

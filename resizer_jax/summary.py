@@ -35,8 +35,7 @@ def forward_flops(module, input_shape, batch: int = 2) -> tuple[int, float]:
 def summarize(config) -> list[dict]:
   model = models.from_config(config)
   size = config.data.input_size
-  out_hw = resizer_lib.target_size((size, size), config.resizer.get("output_size"),
-                                   config.resizer.get("scale"))
+  out_hw = resizer_lib.target_size((size, size), config.resizer.output_size)
   rows = [dict(part=f"resizer ({config.resizer.name})", input=f"{size}x{size}",
                output=f"{out_hw[0]}x{out_hw[1]}")]
   rows[0]["params"], rows[0]["flops"] = forward_flops(model.resizer, (size, size, 3))

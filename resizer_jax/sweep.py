@@ -561,7 +561,7 @@ def plan_lines(sweep: Sweep, devices: int | None, processes: int = 1, platform: 
                              num_train=num_train, num_eval=num_eval, platform=platform,
                              bytes_per_example=size)
     out = tuple(config.resizer.output_size)
-    formulation = config.resizer.get("formulation", "auto")
+    formulation = config.resizer.formulation
     record = plan_lib.find_throughput(
         records, backbone=config.backbone.name, resizer=config.resizer.name,
         input_size=config.data.input_size, output_size=out[0], dtype=run_plan.dtype,

@@ -9,6 +9,7 @@ import pytest
 
 from helpers import assert_same_training, demo_config, launch_local, metrics_lines, saved_state
 from resizer_jax import train
+from resizer_jax import writers
 from resizer_jax.data import input_pipeline
 
 
@@ -54,13 +55,13 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_as_uninterrupted(
 
   workdir = str(tmp_path)
   monkeypatch.setattr(input_pipeline, "train_dataset", terminated_while_reading)
-  monkeypatch.setattr(train, "JsonlWriter", functools.partial(train.JsonlWriter, append=False))
-  real_write, writes = train._write_atomically, []
+  monkeypatch.setattr(writers, "JsonlWriter", functools.partial(writers.JsonlWriter, append=False))
+  real_write, writes = writers.write_atomically, []
   def counted_write(path, text):
     if path.name == "metrics.jsonl":
       writes.append([json.loads(line)["step"] for line in text.splitlines()])
     real_write(path, text)
-  monkeypatch.setattr(train, "_write_atomically", counted_write)
+  monkeypatch.setattr(writers, "write_atomically", counted_write)
   assert train.train_and_evaluate(config, workdir) == {}
   assert saved_state(workdir)[0] == term_at
   assert writes == [[4, 6], [4, 6, 8, 9]]  # At the checkpoint of step 6 and the preemption save.

@@ -8,6 +8,7 @@ import pytest
 
 from helpers import assert_trees_close, demo_config, saved_state
 import resizer_jax
+from resizer_jax import evaluator
 from resizer_jax import models
 from resizer_jax import train
 from resizer_jax.data import input_pipeline
@@ -30,7 +31,7 @@ def _recompute(model, variables):
       step=0, apply_fn=None, params=variables["params"], tx=None, opt_state=None,
       batch_stats=variables["batch_stats"], skipped=0, nonfinite=0, nonfinite_run=0,
       longest_nonfinite_run=0, first_nonfinite=0))
-  return train.make_recompute(model, shardings, NamedSharding(mesh, P(mesh.axis_names)))
+  return evaluator.make_recompute(model, shardings, NamedSharding(mesh, P(mesh.axis_names)))
 
 
 def test_recomputed_statistics_are_those_of_the_batches_taken_as_one(data_dir):

@@ -4,6 +4,7 @@ import pytest
 
 from helpers import REPO, demo_config, metrics_lines, saved_state
 from resizer_jax import checkpoint
+from resizer_jax import nonfinite
 from resizer_jax import train
 from resizer_jax.config_args import load_config
 from resizer_jax.data import input_pipeline
@@ -56,7 +57,7 @@ def iqa_config(data_dir, **overrides):
 def test_a_poisoned_batch_stops_the_run_naming_the_step_and_the_last_good_checkpoint(
     poisoned, iqa_data_dir, tmp_path):
   workdir = str(tmp_path)
-  with pytest.raises(train.NonFiniteError) as e:
+  with pytest.raises(nonfinite.NonFiniteError) as e:
     train.train_and_evaluate(iqa_config(iqa_data_dir), workdir)
   message = str(e.value)
   assert "\n" not in message
@@ -83,7 +84,7 @@ def test_skip_drops_the_poisoned_update_counts_it_and_finishes(poisoned, iqa_dat
 def test_skipping_stops_after_too_many_nonfinite_steps_in_a_row(data_dir, tmp_path):
   config = demo_config(data_dir, nonfinite="skip", max_nonfinite_in_row=2)
   config.optimizer.learning_rate = 1e30
-  with pytest.raises(train.NonFiniteError, match=r"^\d+ steps in a row by step 4 had a "
+  with pytest.raises(nonfinite.NonFiniteError, match=r"^\d+ steps in a row by step 4 had a "
                      r"non-finite loss .*max_nonfinite_in_row=2\); stopped \(no checkpoint was "
                      r"saved\)"):
     train.train_and_evaluate(config, str(tmp_path))

@@ -42,6 +42,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from resizer_jax import plan
+from resizer_jax import tasks
 from resizer_jax.data import ava  # pylint: disable=unused-import  # Registers `ava`.
 from resizer_jax.data import demo  # pylint: disable=unused-import  # Registers `resizer_demo`.
 from resizer_jax.data import image_folder
@@ -66,10 +67,10 @@ DOCS = {"imagenet2012": "docs/data.md", "ava": "docs/iqa.md"}
 def _builder(data_config):
   """tfds.builder(data.name), with an unknown dataset or config refused in one line; for
   `image_folder:PATH`, that folder's builder (resizer_jax/data/image_folder.py)."""
-  name, data_dir = data_config.name, data_config.get("data_dir")
+  name, data_dir = data_config.name, data_config.data_dir
   if name.startswith(image_folder.PREFIX) or name == image_folder.PREFIX[:-1]:
     return image_folder.builder(name[len(image_folder.PREFIX):], data_dir, {
-        key: data_config[key] for key in ("train_split", "eval_split") if data_config.get(key)})
+        key: data_config[key] for key in ("train_split", "eval_split") if data_config[key]})
 
   def unknown():
     known = sorted(set(tfds.list_builders(with_community_datasets=False)) | set(OUR_DATASETS))
@@ -94,14 +95,14 @@ def _builder(data_config):
     raise
 
 
-def _missing_manual_download(builder, data_config) -> str | None:
+def _missing_manual_download(builder, data_config, manual_dir) -> str | None:
   """Why TFDS could not prepare `builder` from its manual dir, in one line; None if it could try."""
   if builder.is_prepared() or not getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
     return None
   if getattr(builder.builder_config, "demo", None):  # `ava`'s offline stand-ins write their own.
     return None
   data_dir = str(builder.data_dir_root)
-  manual_dir = data_config.get("manual_dir") or os.path.join(data_dir, "downloads", "manual")
+  manual_dir = manual_dir or os.path.join(data_dir, "downloads", "manual")
 
   def exists(name):
     path = os.path.join(manual_dir, name)
@@ -144,11 +145,13 @@ def get_builder(data_config, num_classes: int | None = None, task: str | None = 
   missing a FileNotFoundError naming the directories and files, before anything is written; so is
   an `image_folder:PATH` that cannot be used, or changed since it was prepared (image_folder.py).
   """
+  # The configs always set it (configs/common.py); a data config built by hand may leave it out.
+  manual_dir = data_config.get("manual_dir")
   # All raise or none: process 0 must not wait for the others (a folder or manual download may be
   # missing, or differ, on one host only).
   try:
     builder, error = _builder(data_config), None
-    missing = _missing_manual_download(builder, data_config) if prepare else None
+    missing = _missing_manual_download(builder, data_config, manual_dir) if prepare else None
     if missing:
       error = FileNotFoundError(missing)
   except (ValueError, FileNotFoundError) as e:
@@ -166,7 +169,7 @@ def get_builder(data_config, num_classes: int | None = None, task: str | None = 
   def prepared():
     builder = _builder(data_config)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=data_config.get("manual_dir")))
+        manual_dir=manual_dir))
     return builder
 
   if prepare:
@@ -177,20 +180,27 @@ def get_builder(data_config, num_classes: int | None = None, task: str | None = 
         prepared()
       multihost_utils.sync_global_devices(f"prepared {data_config.name}")
       builder = prepared()
-  features = builder.info.features
-  if task is not None and task != ("iqa" if _is_iqa(builder) else "classification"):
-    raise ValueError(f"config.task={task!r} does not fit {data_config.name}, a "
-                     f"{'iqa' if _is_iqa(builder) else 'classification'} dataset")
-  if "distribution" in features:  # IQA (`ava`): one logit per score bin.
-    width = features["distribution"].shape[-1]
-  else:
-    width = getattr(features["label"], "num_classes", num_classes)
-  if num_classes is not None and width != num_classes:
+  served = tasks.of_dataset(builder)
+  if task is not None and task != served.name:
+    raise ValueError(f"config.task={task!r} does not fit {data_config.name}, a {served.name} "
+                     "dataset")
+  width = served.dataset_classes(builder.info.features)
+  if num_classes is not None and width not in (None, num_classes):
     names = class_names(builder) or ()
     listed = f" ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})" if names else ""
     raise ValueError(f"config.num_classes={num_classes} but {data_config.name} has {width} classes"
                      f"{listed}: set --config.num_classes={width}")
   return builder
+
+
+def check_splits(builder, data_config):
+  """A ValueError unless `builder` has the train and eval splits `data_config` names."""
+  splits = builder.info.splits
+  for split in (data_config.train_split, data_config.eval_split):
+    if split not in splits:
+      raise ValueError(f"{data_config.name} in {builder.data_dir} has no {split!r} split (it has "
+                       f"{', '.join(splits) or 'none'}): it was prepared without that split's "
+                       "files; delete that directory and prepare it again with them (docs/data.md)")
 
 
 def class_names(builder) -> tuple[str, ...] | None:
@@ -217,15 +227,9 @@ def _resize_shorter_side(image, side):
                  lambda: _resize(image, new_hw))
 
 
-def _is_iqa(builder) -> bool:
-  return "distribution" in builder.info.features
-
-
-def _targets(example, iqa: bool):
-  """What the loss reads: the class label, or for IQA the 10-bin vote distribution."""
-  if iqa:
-    return {"distribution": tf.cast(example["distribution"], tf.float32)}
-  return {"label": tf.cast(example["label"], tf.int32)}
+def _targets(example, task):
+  """What the loss reads: the task's target (the class label, or for IQA the vote histogram)."""
+  return {task.target: tf.cast(example[task.target], task.target_dtype)}
 
 
 def preprocess_train(image, seed, data_config):
@@ -299,11 +303,9 @@ def _prepare_or_flag(ds, prepare, placeholder):
   return ds.interleave(one, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _placeholder(data_config, iqa: bool):
-  targets = ({"distribution": tf.zeros([10], tf.float32)} if iqa else
-             {"label": tf.constant(0, tf.int32)})
+def _placeholder(data_config, task):
   return {"image": tf.zeros([data_config.input_size, data_config.input_size, 3], tf.uint8),
-          **targets}
+          task.target: tf.zeros(task.target_shape, task.target_dtype)}
 
 
 def local_batch_size(global_batch: int) -> int:
@@ -336,7 +338,7 @@ def _shard_stream(builder, data_config, split, shard: int, num_shards: int, *, r
   # records, each one shuffle_buffer / process_count.
   buffer = max(1, min(n, data_config.shuffle_buffer // num_shards))
   files, skips, takes = _file_instructions(builder, split)
-  iqa = _is_iqa(builder)
+  task = tasks.of_dataset(builder)
 
   def epoch(e):
     # A hash of (seed, epoch, shard): seed s must not replay seed s-1's orders one epoch later.
@@ -363,7 +365,7 @@ def _shard_stream(builder, data_config, split, shard: int, num_shards: int, *, r
   def prepare(i, example):
     counter = tf.stack([tf.constant(seed, tf.int64), i * num_shards + shard])
     return {"image": preprocess_train(_decode(example), counter, data_config),
-            **_targets(example, iqa)}
+            **_targets(example, task)}
 
   def count_failures(run, slot):
     # 2n failures in a row cover a whole epoch: nothing in this shard decodes, and skipping would
@@ -383,7 +385,7 @@ def _shard_stream(builder, data_config, split, shard: int, num_shards: int, *, r
     return {**{k: tf.repeat(v[None], copies, axis=0) for k, v in out.items()},
             "skipped": tf.cast(tf.range(copies) < copies - 1, tf.int32)}
 
-  ds = _prepare_or_flag(ds, prepare, _placeholder(data_config, iqa))
+  ds = _prepare_or_flag(ds, prepare, _placeholder(data_config, task))
   ds = ds.scan(tf.constant(0, tf.int64), count_failures).filter(lambda ok, *_: ok)
   ds = ds.map(fill, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
   return ds.batch(rows, drop_remainder=True)
@@ -398,6 +400,7 @@ def train_dataset(builder, data_config, *, global_batch: int, seed: int, start_s
   any number of processes that divides it.
   """
   processes = jax.process_count()
+  # The configs always set it (configs/common.py); a data config built by hand may leave it out.
   num_shards = data_config.get("num_shards") or processes
   plan.check_num_shards(num_shards, processes, global_batch)
   local_batch_size(global_batch)
@@ -441,17 +444,17 @@ def eval_dataset(builder, data_config, *, global_batch: int):
   # split_for_jax_process gives the first hosts one example more when the split does not divide.
   per_host = math.ceil(_num_examples(builder, split) / jax.process_count())
   num_steps = math.ceil(per_host / batch)
-  iqa = _is_iqa(builder)
+  task = tasks.of_dataset(builder)
 
   def prepare(example):
-    return {"image": preprocess_eval(_decode(example), data_config), **_targets(example, iqa)}
+    return {"image": preprocess_eval(_decode(example), data_config), **_targets(example, task)}
 
   def flag(ok, out):
     return {**out, "mask": ok, "skipped": tf.cast(tf.logical_not(ok), tf.int32)}
 
   ds = _read(builder, tfds.split_for_jax_process(split, drop_remainder=False))
-  ds = _prepare_or_flag(ds, prepare, _placeholder(data_config, iqa)).map(flag)
-  padding = tf.data.Dataset.from_tensors({**_placeholder(data_config, iqa),
+  ds = _prepare_or_flag(ds, prepare, _placeholder(data_config, task)).map(flag)
+  padding = tf.data.Dataset.from_tensors({**_placeholder(data_config, task),
                                           "mask": tf.constant(False),
                                           "skipped": tf.constant(0, tf.int32)}).repeat()
   ds = ds.concatenate(padding).take(num_steps * batch).batch(batch)
@@ -476,5 +479,5 @@ def split_sizes(data_config) -> tuple[int, int, float | None, str]:
                                     plan.KNOWN_SPLITS[name][data_config.eval_split])
     return train, num_eval, size, "published split sizes (not prepared here)"
   raise FileNotFoundError(f"{data_config.name} is not prepared under data_dir="
-                          f"{data_config.get('data_dir')} and its split sizes are not known; "
+                          f"{data_config.data_dir} and its split sizes are not known; "
                           "prepare it first (docs/data.md)")

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from resizer_jax import plan
+from resizer_jax import tasks
 from resizer_jax.models.densenet import DenseNet
 from resizer_jax.models.efficientnet import EfficientNet
 from resizer_jax.models.inception_v2 import InceptionV2
@@ -65,11 +66,6 @@ class ResizedModel(nn.Module):
     return self.backbone(self.resizer(normalize(images, self.dtype), train=train), train=train)
 
 
-TASKS = ("classification", "iqa")
-# The IQA head: a softmax over the opinion scores 1..10, as in NIMA.
-IQA_NUM_CLASSES = 10
-
-
 def backbone_options(backbone_config) -> dict:
   """Every `config.backbone` field but `name` that is set, as the backbone module's attributes.
 
@@ -82,27 +78,22 @@ def backbone_options(backbone_config) -> dict:
 def from_config(config) -> ResizedModel:
   """The model described by `config.resizer`, `config.backbone` and `config.num_classes`.
 
-  `config.task` ("classification" by default, or "iqa") only checks the head's width here: IQA shares
-  the resizer and backbone code, and its head is the backbone's classifier with 10 outputs whose
-  softmax is the predicted score histogram.
+  `config.task` only checks the head's width here (resizer_jax/tasks.py): IQA shares the resizer and
+  backbone code, and its head is the backbone's classifier with 10 outputs whose softmax is the
+  predicted score histogram.
   """
-  task = config.get("task", "classification")
-  if task not in TASKS:
-    raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-  if task == "iqa" and config.num_classes != IQA_NUM_CLASSES:
-    raise ValueError(f"task=iqa needs num_classes={IQA_NUM_CLASSES} (scores 1..10), got "
-                     f"{config.num_classes}")
+  tasks.get(config.task).check_num_classes(config.num_classes)
   dtype = jnp.dtype(plan.compute_dtype(config, jax.default_backend()))  # "auto": by platform.
   r = config.resizer
   learned = dict(num_filters=r.num_filters, num_res_blocks=r.num_res_blocks,
-                 formulation=r.get("formulation", "auto"),
+                 formulation=r.formulation,
                  interpolation=r.interpolation, zero_init_tail=r.zero_init_tail, dtype=dtype)
   # MULLER learns in [0, 1] pixels: it undoes `normalize` inside (see MullerResizer).
-  muller = dict(interpolation=r.interpolation, pretrained=r.get("muller_pretrained"),
+  muller = dict(interpolation=r.interpolation, pretrained=r.muller_pretrained,
                 pixel_mean=MEAN_RGB, pixel_std=STDDEV_RGB, dtype=dtype)
   resizer_kwargs = {"learned": learned, "control": learned, "muller": muller}.get(r.name, {})
-  resizer = get_resizer(r.name, output_size=r.get("output_size"), scale=r.get("scale"),
-                        antialias=r.antialias, **resizer_kwargs)
+  resizer = get_resizer(r.name, output_size=r.output_size, antialias=r.antialias,
+                        **resizer_kwargs)
   name, options = config.backbone.name, backbone_options(config.backbone)
   if name in BACKBONES:
     module = getattr(BACKBONES[name], "func", BACKBONES[name])  # Past functools.partial.
