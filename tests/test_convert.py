@@ -280,7 +280,7 @@ def test_the_command_line_says_what_is_wrong_in_one_line(files, tmp_path):
 @pytest.mark.slow  # Second tier (.ci/run): a real bootstrap or a long rehearsal.
 def test_the_papers_recipe_fine_tunes_the_learned_resizer_from_torchvision_resnet50(
     converted, fake_imagenet, tmp_path):
-  """README's two commands (convert, then configs/imagenet.py:...,finetune with init_from) on the
+  """docs/weights.md's two commands (convert, then configs/imagenet.py:...,finetune with init_from) on the
   fake ILSVRC2012, at 64 -> 32 px and 2 steps instead of 448 -> 224 px and 10 epochs."""
   converted_dir = converted("resnet50")[0]
   workdir = str(tmp_path / "finetune")
