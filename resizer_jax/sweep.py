@@ -53,6 +53,9 @@ from resizer_jax import config_args
 from resizer_jax import results as results_lib
 
 COMPILE_CACHE = "compile_cache"  # In the sweep's directory: compiled steps that points share.
+# A size limit is what turns on JAX's file lock around its cache entries: without it, a --workers
+# process can read an entry another is still writing, and abort on the half executable.
+COMPILE_CACHE_MAX_BYTES = 1 << 40
 LOCK = "sweep.lock"  # In a point's directory while a process trains it: "<host> <pid>".
 FAILED = "failed.json"  # In a point's directory when its training raised: {"kind", "error"}.
 RESULT = "result.json"  # Written by the trainer last: the point is finished.
@@ -369,11 +372,14 @@ def _compile_cache(path):
     yield
     return
   compilation_cache.set_cache_dir(path)
+  size = jax.config.jax_compilation_cache_max_size
+  jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
   compilation_cache.reset_cache()  # JAX opens its cache once per process: this one from here on.
   try:
     yield
   finally:
     jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_compilation_cache_max_size", size)
     compilation_cache.reset_cache()
 
 

@@ -21,7 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="resizer_jax_xla_cache_")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  # The size limit turns on JAX's file lock: the processes of a multi-process run, and the
+  # workers, compile the same programs at once, and one must not read an entry half written.
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_COMPILATION_CACHE_MAX_SIZE=str(1 << 40))
 
 # Once TensorFlow is loaded, importing triton (torchvision -> torch._dynamo -> triton) segfaults in
 # this environment; the tests run torch on the CPU and never need it, and then torch does without.
