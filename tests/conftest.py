@@ -1,14 +1,10 @@
 """Runs every test on 8 simulated CPU devices: the sharded code paths are the ones under test.
 
-The suite trains the same small programs many times, in this process, in pytest-xdist's workers
-and in the subprocesses they start (which all inherit the environment): JAX's persistent
-compilation cache, in a directory new for each session, compiles each of them once. A cache hit is
-the same executable a compile would give. The datasets the real builders prepare are built once per
-session too, by whichever worker asks first.
+The suite trains the same small programs many times, in this process and in the subprocesses it
+starts (which inherit the environment): JAX's persistent compilation cache, in a directory new for
+each session, compiles each of them once. A cache hit is the same executable a compile would give.
 """
 import atexit
-import fcntl
-import json
 import os
 import shutil
 import sys
@@ -21,8 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="resizer_jax_xla_cache_")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-  # The size limit turns on JAX's file lock: the processes of a multi-process run, and the
-  # workers, compile the same programs at once, and one must not read an entry half written.
+  # The size limit turns on JAX's file lock: the processes of a multi-process run compile the same
+  # programs at once, and one must not read an entry another is still writing.
   os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                     JAX_COMPILATION_CACHE_MAX_SIZE=str(1 << 40))
 
@@ -33,32 +29,14 @@ sys.modules.setdefault("triton", None)
 import pytest  # pylint: disable=g-import-not-at-top
 
 
-def built_once(tmp_path_factory, name, build):
-  """build(directory) -> a JSON value, run once per session whichever xdist worker asks first; the
-  others wait for it and get the same value. Read-only for the tests that share it."""
-  root = tmp_path_factory.getbasetemp()
-  if "PYTEST_XDIST_WORKER" in os.environ:
-    root = root.parent  # The session's directory, above each worker's own.
-  done = root / f"{name}.json"
-  with open(root / f"{name}.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not done.exists():
-      path = root / name
-      shutil.rmtree(path, ignore_errors=True)  # What a worker that failed half-way left.
-      path.mkdir()
-      done.write_text(json.dumps(build(path)))
-  return json.loads(done.read_text())
-
-
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """A TFDS data dir holding the `resizer_demo/tiny` build, built once through the real builder."""
-  def build(path):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    from resizer_jax.data import demo  # pylint: disable=g-import-not-at-top,unused-import
-    tfds.builder("resizer_demo/tiny", data_dir=str(path)).download_and_prepare()
-    return str(path)
-  return built_once(tmp_path_factory, "tfds", build)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from resizer_jax.data import demo  # pylint: disable=g-import-not-at-top,unused-import
+  path = str(tmp_path_factory.mktemp("tfds"))
+  tfds.builder("resizer_demo/tiny", data_dir=path).download_and_prepare()
+  return path
 
 
 @pytest.fixture(scope="session")
@@ -79,16 +57,15 @@ def tiny_run(data_dir, tmp_path_factory):
 def fake_imagenet(tmp_path_factory):
   """A fake ILSVRC2012 (64 train photos in 8 classes, 32 validation) prepared once by the real
   `imagenet2012` builder: {data_dir, manual_dir, num_val}, for configs/imagenet.py runs."""
-  def build(root):
-    from helpers import REPO  # pylint: disable=g-import-not-at-top
-    from resizer_jax.config_args import load_config  # pylint: disable=g-import-not-at-top
-    from resizer_jax.data import imagenet_fixture  # pylint: disable=g-import-not-at-top
-    from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-    manual, num_val = str(root / "manual"), 32
-    imagenet_fixture.write_manual_dir(manual, num_classes=8, train_per_class=8, num_val=num_val,
-                                      min_side=48, max_side=96)
-    data = load_config(f"{REPO}/configs/imagenet.py").data
-    data.data_dir, data.manual_dir = str(root / "tfds"), manual
-    input_pipeline.get_builder(data, 1000)
-    return dict(data_dir=data.data_dir, manual_dir=manual, num_val=num_val)
-  return built_once(tmp_path_factory, "fake_imagenet", build)
+  from helpers import REPO  # pylint: disable=g-import-not-at-top
+  from resizer_jax.config_args import load_config  # pylint: disable=g-import-not-at-top
+  from resizer_jax.data import imagenet_fixture  # pylint: disable=g-import-not-at-top
+  from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("fake_imagenet")
+  manual, num_val = str(root / "manual"), 32
+  imagenet_fixture.write_manual_dir(manual, num_classes=8, train_per_class=8, num_val=num_val,
+                                    min_side=48, max_side=96)
+  data = load_config(f"{REPO}/configs/imagenet.py").data
+  data.data_dir, data.manual_dir = str(root / "tfds"), manual
+  input_pipeline.get_builder(data, 1000)
+  return dict(data_dir=data.data_dir, manual_dir=manual, num_val=num_val)
