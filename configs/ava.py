@@ -71,7 +71,7 @@ def get_config(arg=None):
   config.num_classes = 10  # The scores 1..10.
 
   config.resizer = common.resizer(arg["resizer"], arg["target"], arg["antialias"])
-  config.backbone = dict(name=arg["backbone"], dropout_rate=0.75)  # NIMA's dropout before the head.
+  config.backbone = common.backbone(arg["backbone"], dropout_rate=0.75)  # NIMA's dropout before the head.
   # Stage 1: an ImageNet run's backbone, whose 1000-way head does not fit (init_head=False).
   # Stage 2 (finetune): the stage-1 IQA run's backbone and head; the resizer starts fresh.
   config.init_head = arg["finetune"]

@@ -16,6 +16,8 @@ def base() -> config_dict.ConfigDict:
   """The fields a config may leave as they are."""
   config = config_dict.ConfigDict()
   config.task = "classification"  # Or "iqa": what each trains and reports is resizer_jax/tasks.py.
+  # The head's width; None: the dataset's classes (an image folder's class sub-folders).
+  config.num_classes = config_dict.placeholder(int)
   # "auto": bfloat16 on GPU/TPU (params, optimiser state and loss stay float32), float32 on a CPU.
   config.dtype = "float32"
   # Warm start: a run's workdir whose backbone (and head) initialise this one; the resizer starts
@@ -57,6 +59,14 @@ def data(**fields) -> dict:
       "num_shards": config_dict.placeholder(int),
       **fields,
   }
+
+
+def backbone(name: str, **fields) -> dict:
+  """config.backbone: the backbone `name` (resizer_jax.models.BACKBONES) and its options, None for
+  the backbone's default, so that each can be set from the command line (--config.backbone.x=v).
+  A warm start carries the source run's bn_epsilon when it is left None (resizer_jax/preflight.py)."""
+  options = {k: config_dict.placeholder(float) for k in ("bn_epsilon", "bn_momentum", "dropout_rate")}
+  return dict(name=name, **{**options, **fields})
 
 
 def resizer(name: str, target: int, antialias: bool) -> dict:

@@ -35,10 +35,10 @@ def get_config(arg=None):
                                  arg["input"])
   if arg["tiny"]:  # The tests train tiny on 1 and on 2 processes: the same batches on both.
     config.data.num_shards = 2
-  config.num_classes = 4
+  # num_classes stays None: the dataset's (its 4 degradations, or an image folder's classes).
 
   config.resizer = common.resizer(arg["resizer"], arg["target"], arg["antialias"])
-  config.backbone = dict(name="resnet_tiny")
+  config.backbone = common.backbone("resnet_tiny")
 
   config.batch_size = 16 if arg["tiny"] else 32
   config.eval_batch_size = 16 if arg["tiny"] else 64

@@ -38,7 +38,7 @@ def get_config(arg=None):
   config.num_classes = 10  # The scores 1..10.
 
   config.resizer = common.resizer(arg["resizer"], arg["target"], arg["antialias"])
-  config.backbone = dict(name="resnet_tiny", dropout_rate=0.75)  # NIMA's dropout before the head.
+  config.backbone = common.backbone("resnet_tiny", dropout_rate=0.75)  # NIMA's dropout before the head.
 
   config.batch_size = 8 if arg["tiny"] else 32
   config.eval_batch_size = 8 if arg["tiny"] else 64

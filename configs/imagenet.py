@@ -62,7 +62,7 @@ def get_config(arg=None):
   config.num_classes = 1000
 
   config.resizer = common.resizer(arg["resizer"], arg["target"], arg["antialias"])
-  config.backbone = dict(name=arg["backbone"])
+  config.backbone = common.backbone(arg["backbone"])
 
   config.num_epochs = 10.0 if arg["finetune"] else 90.0
   config.num_train_steps = 0

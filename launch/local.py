@@ -6,7 +6,8 @@ r"""Several JAX processes on this machine, as a pod or cluster would run them (a
 
 Every argument it does not know goes to `python -m resizer_jax.main` unchanged. Process i gets
 --coordinator_address=127.0.0.1:PORT --num_processes=N --process_id=i; their output is interleaved
-here with a [i] prefix. SIGTERM or SIGINT here is passed on to every process (they save and stop,
+here with a [i] prefix; --dry-run runs the checks every process would run first (`--plan`) and
+prints the commands. SIGTERM or SIGINT here is passed on to every process (they save and stop,
 like a preempted pod); if one process fails the others are stopped, and the exit status is the
 first failure's.
 """
@@ -55,7 +56,14 @@ def main():
   if args.num_processes < 1:
     parser.error(f"--num_processes={args.num_processes}; give 1 or more")
   cmds = commands(args, main_args)
-  if args.dry_run:
+  if args.dry_run:  # The checks each process runs first (resizer_jax/preflight.py), here once.
+    devices = [f"--devices={args.num_processes * args.cpu_devices_per_process}",
+               "--platform=cpu"] if args.cpu_devices_per_process else []
+    check = subprocess.run([sys.executable, "-m", "resizer_jax.main", *main_args, "--plan",
+                            f"--processes={args.num_processes}", *devices], cwd=REPO,
+                           stdout=subprocess.DEVNULL)
+    if check.returncode:
+      return check.returncode
     for env, cmd in cmds:
       print(" ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), *map(shlex.quote, cmd)]))
     return 0

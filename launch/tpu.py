@@ -5,7 +5,8 @@ the code and runs on every worker the bash scripts below, which are all that run
 
 In Python, not bash, so that it runs from a stock laptop: macOS's /bin/bash is 3.2, which stops on
 an empty "${array[@]}" under `set -u` and has no mapfile. It keeps to what Python 3.8 has (macOS's
-/usr/bin/python3 is 3.9) and to the standard library.
+/usr/bin/python3 is 3.9) and to the standard library. USAGE below is what `launch/tpu.sh --help`
+prints.
 """
 import os
 import re
@@ -19,10 +20,85 @@ import time
 ME = "launch/tpu.sh"
 EXAMPLE = (f"{ME} --name=r50 --zone=us-central2-b --accelerator=v4-32 "
            "--config=configs/imagenet.py:input=448 --workdir=gs://BUCKET/runs/r50")
+USAGE = r"""launch/tpu.sh: a Cloud TPU VM slice (one host or many): create it (or queue a request
+for it), set every worker up, start `python -m resizer_jax.main --distributed=on` on all of them
+detached from SSH -- one run, or a chain of runs one after the other -- and follow it.
+
+  launch/tpu.sh --name=r50 --zone=us-central2-b --accelerator=v4-32 --data_dir=gs://BUCKET/tfds \
+      --config=configs/imagenet.py:input=448 --workdir=gs://BUCKET/runs/r50_448
+  launch/tpu.sh --name=s-0 --zone=us-central2-b --accelerator=v4-32 --queued --detach \
+      --step='--config=configs/imagenet.py:resizer=bilinear --workdir=gs://BUCKET/s/base' \
+      --step='--config=configs/imagenet.py --workdir=gs://BUCKET/s/ft --config.init_from=gs://BUCKET/s/base'
+  launch/tpu.sh --name=r50 --zone=us-central2-b --attach    # every worker's log; Ctrl-C detaches
+  launch/tpu.sh --name=r50 --zone=us-central2-b --status    # running / exited with code N
+  launch/tpu.sh --name=r50 --zone=us-central2-b --delete    # the VM, or its queued resource
+  launch/tpu.sh --help                                      # this text
+
+Training (the default mode) needs --config=... and --workdir=... (gs://, or an absolute path every
+worker sees); every argument this script does not know goes to resizer_jax.main unchanged.
+  --name=VM --zone=ZONE   always. VM: 1-63 lowercase letters, digits and hyphens, starting with a
+                          letter, not ending with a hyphen (the names Cloud TPU accepts).
+  --accelerator=TYPE      v2-N, v3-N, v4-N, v5litepod-N (v5e), v5p-N, v6e-N: required unless
+                          --reuse.
+  --version=IMAGE         TPU software version; default: the one for the accelerator
+                          (tpu-ubuntu2204-base for v2-v4, v2-alpha-tpuv5-lite for v5e,
+                          v2-alpha-tpuv5 for v5p, v2-alpha-tpuv6e for v6e); another generation's
+                          is refused. --project=P.
+  --spot | --queued       a spot VM; a queued resource named VM (its node is VM too): the request
+                          waits in Cloud TPU's queue until there is capacity, and so does this
+                          script (polling its state), before it sets the workers up. A request of
+                          that name that exists already is waited on, not created again.
+  --valid-until-duration=D   with --queued: give up the request if not granted within D (6h, 2d).
+  --autocheckpoint        create it with --autocheckpoint-enabled (gcloud alpha; v2-v4 and v5e):
+                          maintenance then sends the run SIGTERM and waits up to 5 minutes for
+                          its save. Without it, maintenance starts at once, without a save.
+  --delete-when-done      stay until the job ends, then delete the slice (and its queued
+                          resource) if every worker's run exited 0 with its result.json written.
+  --reuse                 the VM exists (or the queued resource, granted or still waiting): skip
+                          creating it (a rerun after maintenance or a change).
+  --data_dir=DIR          TFDS_DATA_DIR on the workers (gs://BUCKET/tfds).
+  --jax=tpu|cpu           the jax extra installed on the workers (tpu; cpu runs on the host CPUs,
+                          which is what the tests use: libtpu on a machine without TPUs only logs
+                          errors and fights over /tmp/libtpu_lockfile between processes).
+  --step='ARGS'           repeated: a chain. Each ARGS is one run's resizer_jax.main arguments
+                          (--config=... --workdir=... [--config.x=v ...]), split into words as a
+                          shell would (quotes group, nothing is expanded). The runs go in order in
+                          one detached job: each starts once the one before exited 0 with its
+                          workdir finished (result.json); a step whose workdir already holds
+                          result.json is skipped; a failing step ends the chain. Arguments outside
+                          the --step options go to every step. Without --step, --config/--workdir
+                          make a chain of one that always runs (a finished run re-evaluates, or
+                          trains on if asked for more steps).
+  --detach                start the run and return, instead of following its logs (with
+                          --delete-when-done: wait for it without printing them).
+  --dry-run               print every command, run nothing (after the same checks); or --dry_run.
+  -h, --help              print this text.
+
+The workers get the archive of HEAD (`git archive`), not the working tree. So a launch (a dry run
+too) is refused while they would not get what is here: a --config file outside the repository
+(FILE in --config=FILE[:ARG] is relative to its root, or absolute inside it), or not committed, or
+changed since HEAD; any tracked file changed, staged or deleted; an untracked file under
+resizer_jax/, configs/ or launch/. Commit them first (untracked files elsewhere, runs/ say, are
+left alone).
+
+Before anything is created: the arguments, the accelerator and its version, this tree against
+HEAD, gcloud's account and project, and for a slice of several hosts gcloud's key in ssh-agent
+(--worker=all needs it). Bad input: one line on stderr, exit 2. After the slice exists, every way
+out says it is still up and how to delete it.
+
+On the workers: the archive unpacked into ~/resizer_jax; uv makes a Python 3.11 venv in
+~/resizer_jax_venv and installs the project with jax[tpu] at the pyproject.toml pin; the job starts
+under setsid/nohup. Logs: <workdir>/logs/worker-<i>.log (for a gs:// workdir copied there every 5
+minutes, at the end of each run, and on --attach/--status). docs/launch.md has the details."""
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UV_REQ = "uv==0.13.9"  # The uv that sets the workers up, pinned like the project's dependencies.
+# What the workers run beside the tracked files: an untracked file here is refused (check_tree).
+SHIPPED_DIRS = ("resizer_jax", "configs", "launch")
 LOG_COPY_EVERY_S = 300  # How often a worker copies its log to a gs:// workdir while a run goes on.
 LOG_COPY_ENV = "RESIZER_JAX_TPU_LOG_COPY_EVERY_S"  # For tests only: another period, in seconds.
+# "0": no config check here (`check_config`), e.g. where this machine cannot read a gs:// data_dir.
+CHECK_ENV = "RESIZER_JAX_TPU_CHECK_CONFIG"
+PYTHON_ENV = "RESIZER_JAX_PYTHON"  # The Python with this project that checks (default: this one).
 
 # Cloud TPU's software versions ("TPU software versions"): each generation has its own, and a slice
 # created with another generation's fails at creation. family: (accelerator type's prefix, what
@@ -284,6 +360,7 @@ class Launcher:
   def __init__(self, o):
     self.o = o
     self.name, self.dry = o["name"], o["dry"]
+    self.runs = []  # Each run's resizer_jax.main arguments (check_steps).
     self.where = [f"--zone={o['zone']}"] + ([f"--project={o['project']}"] if o["project"] else [])
     self.describe_queued = ["gcloud", "compute", "tpus", "queued-resources", "describe", self.name,
                             *self.where, "--format=value(state.state)"]
@@ -413,11 +490,12 @@ class Launcher:
         if a.startswith(("--config=", "--workdir=")):
           die(f"{a} beside --step: give each run's --config and --workdir inside its --step='...'")
     steps = o["steps"] or [""]
-    workdirs, inits, lines = [], [], ""
+    workdirs, inits, lines, configs = [], [], "", {}
     for k, step in enumerate(steps):
       words = list(o["args"])
       try:  # As a shell splits words: quotes group, nothing is expanded.
         words += shlex.split(step)
+        self.runs.append(words)
       except ValueError:
         die(f"--step='{step}': unmatched quote")
       at = f"--step #{k + 1}: " if chain else ""
@@ -427,7 +505,10 @@ class Launcher:
       if not has("--workdir"):
         die(f"{at}missing --workdir=DIR (e.g. {EXAMPLE})")
       workdir = init_from = ""
-      for w in words:
+      for i, w in enumerate(words):
+        if w.startswith("--config="):
+          words[i], path = self.config_in_repo(w, at)
+          configs.setdefault(path, f"{at}{w}")
         if w.startswith("--workdir="):
           workdir = w.split("=", 1)[1]
         if w.startswith("--config.init_from="):
@@ -449,7 +530,52 @@ class Launcher:
         if init and init.rstrip("/") == workdirs[j].rstrip("/"):
           die(f"--step #{k + 1} starts from {init} (--config.init_from), which step #{j + 1} "
               "trains: put it after that step")
-    return chain, workdirs, lines
+    return chain, workdirs, lines, configs
+
+  def config_in_repo(self, word, at):
+    """--config=FILE[:ARG] as the workers read it, from their copy of the repository: FILE relative
+    to its root (an absolute FILE inside it is made so), and that path. Outside it: refused."""
+    file, colon, arg = word[len("--config="):].partition(":")
+    # join keeps an absolute file as it is; realpath: a link out of the repository is outside.
+    path = os.path.relpath(os.path.realpath(os.path.join(REPO, file)), os.path.realpath(REPO))
+    if path == os.pardir or path.startswith(os.pardir + os.sep):
+      die(f"{at}{word}: {file} is outside {REPO}, and the workers get only the repository "
+          "(git archive HEAD): move it under configs/ and commit it")
+    return (f"--config={path}{colon}{arg}" if os.path.isabs(file) else word), path
+
+  def check_tree(self, configs):
+    """The workers get `git archive HEAD`, not this working tree: refuses a launch whose configs
+    ({repository path: its --config word}) or code they would not get as they are here."""
+    def git(*args):
+      out = subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True)
+      if out.returncode:
+        why = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+        die(f"git {args[0]} failed in {REPO} ({why}): the workers get `git archive HEAD`, which "
+            "needs a git checkout with a commit")
+      return [p for p in out.stdout.split("\0") if p]
+    differ = {}  # Path: how HEAD lacks it or differs.
+    for entry in git("status", "--porcelain", "-z", "--no-renames", "--untracked-files=no", "--",
+                     *SHIPPED_DIRS, "pyproject.toml"):
+      differ[entry[3:]] = ("deleted" if "D" in entry[:2] else
+                           "added, not committed" if "A" in entry[:2] else "modified")
+    # Code or a config the run may load that the workers would lack; untracked files elsewhere
+    # (runs/, notes) are no part of a run.
+    for path in git("ls-files", "-z", "--others", "--exclude-standard", "--", *SHIPPED_DIRS):
+      differ.setdefault(path, "untracked")
+    committed = set(git("ls-tree", "-z", "--name-only", "HEAD", "--", *configs))
+    missing = {}
+    for path, word in configs.items():
+      if path in differ or path not in committed:
+        if not os.path.isfile(os.path.join(REPO, path)):
+          die(f"{word}: there is no {path} in {REPO}")
+        missing[path] = differ.get(path, "not committed")
+    missing.update(differ)  # The configs first: they are what the launch names.
+    if missing:
+      listed = [f"{p} ({how})" for p, how in missing.items()]
+      more = f" and {len(listed) - 5} more" if len(listed) > 5 else ""
+      die(f"the workers get only `git archive HEAD`, which lacks or differs from "
+          f"{', '.join(listed[:5])}{more}: commit them (or stash what the run must not use), "
+          "then launch again")
 
   def check_slice(self):
     """The accelerator, its software version and Autocheckpoint: what the service would refuse."""
@@ -489,7 +615,6 @@ class Launcher:
         die("no project: give --project=P or run gcloud config set project P")
     if hosts(o["accelerator"]) > 1:
       self.check_key_in_agent()
-    self.check_config()
 
   def check_key_in_agent(self):
     """gcloud's scp --worker=all to several hosts wants its key in a running ssh-agent (it raises
@@ -511,8 +636,34 @@ class Launcher:
           f"gcloud's --worker=all needs {key} in a running ssh-agent: {how}")
 
   def check_config(self):
-    """The hook for checking the run's config here before the slice exists (`resizer_jax.main
-    --plan` needs the project installed on this machine, which a laptop may not have)."""
+    """Each run's `resizer_jax.main --plan` on the slice's devices and hosts, with this checkout's
+    code (resizer_jax/preflight.py): what would stop the workers at start-up stops the launch here,
+    before the slice exists. Needs the project installed here; $RESIZER_JAX_TPU_CHECK_CONFIG=0
+    skips it."""
+    o = self.o
+    family, size = family_of(o["accelerator"])
+    if os.environ.get(CHECK_ENV) == "0" or family is None:  # --reuse alone: the size is unknown.
+      return
+    devices = size // 2 if family in ("v4", "v5p") else size  # Those count 2 TensorCores a chip.
+    python = os.environ.get(PYTHON_ENV) or sys.executable
+    env = dict(os.environ, **({"TFDS_DATA_DIR": o["data_dir"]} if o["data_dir"] else {}))
+    for k, words in enumerate(self.runs):
+      cmd = [python, "-m", "resizer_jax.main", "--plan", f"--devices={devices}",
+             f"--processes={hosts(o['accelerator'])}", "--platform=tpu",
+             *[w for w in words if not w.startswith("--workdir=")]]
+      try:
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+      except OSError as e:
+        die(f"cannot check the config with {python} ({e}): set {PYTHON_ENV} to a Python with "
+            f"this project, or {CHECK_ENV}=0 to launch unchecked")
+      at = f"--step #{k + 1}: " if len(self.runs) > 1 else ""
+      last = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+      if out.returncode == 2:
+        die(f"{at}{last}")
+      if out.returncode:
+        die(f"{at}cannot check the config with {python} ({last}): pip install -e . in {REPO} "
+            f"there, or set {PYTHON_ENV} to a Python with this project, or {CHECK_ENV}=0 to "
+            "launch unchecked")
 
   def create(self):
     """The slice, or a queued request for it, then the wait until it is granted."""
@@ -603,7 +754,7 @@ class Launcher:
 
   def train(self):
     o = self.o
-    chain, workdirs, step_lines = self.check_steps()
+    chain, workdirs, step_lines, configs = self.check_steps()
     if o["data_dir"] and not o["data_dir"].startswith(("gs://", "/")):
       die(f"--data_dir={o['data_dir']} is relative: give gs://BUCKET/PATH or an absolute path "
           "that every worker sees")
@@ -615,16 +766,10 @@ class Launcher:
       pin = re.search(r'"jax==([0-9.]+)"', f.read())
     if not pin:
       die(f'no "jax==X" pin in {REPO}/pyproject.toml')
+    self.check_tree(configs)
+    self.check_config()
     if not self.dry:
       self.preflight()
-    git = ["git", "-C", REPO]
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout
-    if dirty.strip():
-      head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-      say(f"warning: uncommitted changes are not sent; the workers get HEAD ({head})")
-
     self.create()
     try:
       rc = self.start(chain, workdirs, step_lines, pin.group(1))
@@ -690,6 +835,9 @@ class Launcher:
 
 
 def main(argv):
+  if "--help" in argv or "-h" in argv:
+    print(USAGE)
+    return 0
   o = parse(argv)
   if not o["name"]:
     die(f"missing --name=VM (e.g. {EXAMPLE})")

@@ -222,6 +222,14 @@ def has_checkpoint(workdir: str) -> bool:
     return mngr.latest_step() is not None
 
 
+def saved_config(workdir: str) -> dict | None:
+  """The config recorded with `workdir`'s latest checkpoint (None without a checkpoint); only its
+  meta is read."""
+  with manager(workdir) as mngr:
+    step = mngr.latest_step()
+    return None if step is None else _read_meta(_step_dir(mngr, step))["config"]
+
+
 def check_has_checkpoint(workdir: str, what: str):
   """A FileNotFoundError naming `what` unless `workdir` holds a checkpoint."""
   if not has_checkpoint(workdir):
@@ -235,7 +243,11 @@ def load(workdir: str, step: int | None = None):
   with manager(workdir) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"no checkpoint under {mngr.directory}")
+      raise FileNotFoundError(f"no checkpoint under {mngr.directory}: give the workdir of a run "
+                              "that has saved one")
+    if step not in mngr.all_steps():  # Else Orbax's error, which does not say what is there.
+      raise FileNotFoundError(f"no checkpoint of step {step} in {mngr.directory}; saved steps: "
+                              f"{', '.join(map(str, sorted(mngr.all_steps()))) or 'none'}")
     tree = mngr.item_metadata(step)["state"]
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)

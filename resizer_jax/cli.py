@@ -52,6 +52,41 @@ def quiet_console(tensorflow: bool = True):
     _import_tensorflow_quietly()
 
 
+def _config_error(argv) -> str | None:
+  """Why --config=PATH[:ARG] and the --config.x=v of `argv` do not make a config, in one line
+  (config_args' words, with the valid choices); None if they do."""
+  from resizer_jax import config_args  # pylint: disable=g-import-not-at-top
+  given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+  if not given:
+    return None
+  try:
+    config = config_args.load_config(given[-1])
+    for a in argv:
+      if a.startswith("--config."):
+        dotted, eq, value = a[len("--config."):].partition("=")
+        config_args.override(config, dotted, value if eq else "true")
+  except (ValueError, FileNotFoundError) as e:
+    return f"--config={given[-1]}: {e}"
+  return None
+
+
+def parse_flags(argv):
+  """absl's flag parsing (app.run's flags_parser), with a mistake in the flags or in the config they
+  give as one line on stderr and exit status 2, instead of a traceback or absl's usage page."""
+  try:
+    rest, error = flags.FLAGS(argv), None
+  except Exception as e:  # pylint: disable=broad-except  # ml_collections raises what it meets.
+    rest, error = None, e
+  # Also after a parse that passed: ml_collections defers a config file's load error to first use.
+  why = _config_error(argv) or error
+  if why is None:
+    return rest
+  if not isinstance(why, (str, flags.Error)):
+    raise why
+  print(f"error: {why}  (--help lists the flags)", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
 @contextlib.contextmanager
 def user_errors(verbose: bool):
   """A USER_ERRORS exception leaves as `error: ...` on stderr and exit status 2; with `verbose`, as

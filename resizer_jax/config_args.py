@@ -1,6 +1,7 @@
 """Config files by path, and their short argument: `configs/x.py:resizer=bilinear,target=16,tiny`."""
 import ast
 import contextlib
+import difflib
 import importlib.util
 import os
 
@@ -27,7 +28,8 @@ def parse_arg(arg: str | None, **defaults) -> dict:
   for item in filter(None, (arg or "").split(",")):
     key, eq, value = item.partition("=")
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r} in {arg!r}; valid: {', '.join(defaults)}")
+      raise ValueError(f"unknown config argument {key!r} in {arg!r}{did_you_mean(key, defaults)}; "
+                       f"valid: {', '.join(defaults)}")
     default = defaults[key]
     if not eq:
       if not isinstance(default, bool):
@@ -104,14 +106,19 @@ def override(config, dotted: str, value):
   *parents, leaf = dotted.split(".")
   node = config
   for i, key in enumerate(parents):
-    if key not in node:
-      raise ValueError(f"config has no field {'.'.join(parents[:i + 1])!r}; valid: "
-                       f"{', '.join(sorted(node.keys()))}")
+    if not hasattr(node, "keys") or key not in node:
+      valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none (not a group)"
+      raise ValueError(f"config has no field {'.'.join(parents[:i + 1])!r}"
+                       f"{did_you_mean(key, node)}; valid: {valid}")
     node = node[key]
   if not hasattr(node, "keys") or leaf not in node:
     valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none (not a group)"
-    raise ValueError(f"config has no field {dotted!r}; valid at that level: {valid}")
+    raise ValueError(f"config has no field {dotted!r}{did_you_mean(leaf, node)}; valid at that "
+                     f"level: {valid}")
   current = node[leaf]
+  if hasattr(current, "keys") and not hasattr(value, "keys"):
+    raise ValueError(f"config.{dotted} is a group of fields, not a value: set one of them "
+                     f"({', '.join(f'{dotted}.{k}' for k in sorted(current.keys()))})")
   if isinstance(value, str) and current is not None and not isinstance(current, str):
     kind = type(current)
     if isinstance(current, (tuple, list, dict)):  # --config.mesh="(('data', -1),)"
@@ -137,6 +144,13 @@ def override(config, dotted: str, value):
       except TypeError as e:
         error = e
     raise ValueError(f"config.{dotted}={value!r}: {' '.join(str(error).split())}")
+
+
+def did_you_mean(word: str, choices) -> str:
+  """" (did you mean 'x'?)" for the closest of `choices` (a dict's keys, say), or ""."""
+  close = difflib.get_close_matches(word, list(choices.keys() if hasattr(choices, "keys") else
+                                               choices), n=1)
+  return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def parse_value(text: str):

@@ -6,12 +6,12 @@ r"""torchvision weights -> a run directory of our backbone behind a bilinear 224
 Backbones: resnet50, mobilenet_v2, densenet121, efficientnet_b0. --weights is a torchvision state
 dict: .safetensors (read without torch) or .pth/.pt (needs torch). The workdir is a normal run
 directory: `--config.init_from=DIR` warm-starts a training run's backbone from it, and
-`resizer_jax.load(DIR).predict(uint8 images)` gives torchvision's eval logits on
+`resizer_jax.load(DIR).predict(uint8 images, preprocess=None)` gives torchvision's eval logits on
 `(images / 255 - mean) / std` (the resize 224 -> 224 is the identity).
 
 torchvision's EfficientNet-B0 uses PyTorch's BatchNorm, not our module's TF defaults: its run
-records bn_epsilon=1e-5 and bn_momentum=0.9, and a run warm-started from it should pass the same
-(--config.backbone.bn_epsilon=1e-5 --config.backbone.bn_momentum=0.9).
+records bn_epsilon=1e-5 and bn_momentum=0.9; a run warm-started from it takes the epsilon
+(resizer_jax/preflight.py), and the momentum with --config.backbone.bn_momentum=0.9.
 
 Every tensor of the file must land on a variable of ours and every variable must be filled, with
 the same shape; else nothing is written. The directory appears whole (written beside it, then

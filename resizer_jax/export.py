@@ -83,17 +83,6 @@ def _write_saved_model(fn, variables, size: int, what: str, path: str):
   tf.saved_model.save(module, path, signatures={"serving_default": serve})
 
 
-def _check_step(workdir: str, step: int | None):
-  with checkpoint.manager(workdir) as mngr:
-    steps = mngr.all_steps()
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')}: give the "
-                            "--workdir of a run that has saved one")
-  if step is not None and step not in steps:
-    raise ValueError(f"{workdir} has no checkpoint of step {step}; it has steps "
-                     f"{', '.join(map(str, sorted(steps)))}")
-
-
 def export(workdir: str, what: str, out: str, step: int | None = None) -> dict:
   """Writes the directory `out` (see the module docstring) and returns its export.json."""
   if what not in WHAT:
@@ -101,7 +90,6 @@ def export(workdir: str, what: str, out: str, step: int | None = None) -> dict:
   out = os.path.abspath(out)
   if os.path.lexists(out) and not (os.path.isdir(out) and not os.listdir(out)):
     raise ValueError(f"{out} exists and is not an empty directory; give a new --out")
-  _check_step(workdir, step)
   run = restore.load(workdir, step)
   size = run.config.data.input_size
   fn, variables = serving_function(run, what)

@@ -55,17 +55,14 @@ def _start_distributed():
 
 
 def print_plan(config):
-  from resizer_jax import plan  # pylint: disable=g-import-not-at-top
+  from resizer_jax import preflight  # pylint: disable=g-import-not-at-top
   from resizer_jax import train  # pylint: disable=g-import-not-at-top
-  from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  num_train, num_eval, size, source = input_pipeline.split_sizes(config.data)
   devices = FLAGS.devices or jax.device_count()
-  p = plan.make(config, num_devices=devices, num_processes=FLAGS.processes, num_train=num_train,
-                num_eval=num_eval, platform=FLAGS.platform, bytes_per_example=size)
-  print(train.describe(config))
-  print(f"plan for {devices} {FLAGS.platform} devices, {FLAGS.processes} processes "
-        f"(split sizes: {source}):")
-  for line in p.lines():
+  checked = preflight.check(config, num_devices=devices, num_processes=FLAGS.processes,
+                            platform=FLAGS.platform)
+  print(train.describe(checked.config))
+  print(f"plan for {devices} {FLAGS.platform} devices, {FLAGS.processes} processes:")
+  for line in [f"split sizes: {checked.data}", *checked.plan.lines()]:
     print("  " + line)
 
 
@@ -77,6 +74,7 @@ def main(argv):
     if not FLAGS.workdir:
       raise app.UsageError("give --workdir=DIR (or --plan to print the run plan)")
     _start_distributed()
+    from resizer_jax import preflight  # pylint: disable=g-import-not-at-top
     from resizer_jax import train  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -85,10 +83,13 @@ def main(argv):
     if not verbose:
       tfds.disable_progress_bar()
     logging.info("Config:\n%s", FLAGS.config)
+    preflight.check(FLAGS.config, num_devices=jax.device_count(),
+                    num_processes=jax.process_count(), platform=jax.default_backend(),
+                    workdir=FLAGS.workdir)
     metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
     print(json.dumps({"workdir": FLAGS.workdir, **metrics}))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -209,12 +209,13 @@ def point_config(sweep: Sweep, point: Point, workdir: str | None = None, module=
   return config
 
 
-def _check(sweep: Sweep, point: Point, module):
-  from resizer_jax import models  # pylint: disable=g-import-not-at-top
+def _check(sweep: Sweep, point: Point, module, **hardware):
+  """resizer_jax/preflight.py's check of the point's config (on `hardware`, if given)."""
+  from resizer_jax import preflight  # pylint: disable=g-import-not-at-top
   try:
-    models.from_config(point_config(sweep, point, module=module))
-  except (ValueError, KeyError, AttributeError, TypeError) as e:
-    raise ValueError(f"point {point.name!r}: {e.args[0] if e.args else e}") from None
+    return preflight.check(point_config(sweep, point, module=module), **hardware)
+  except (ValueError, FileNotFoundError) as e:
+    raise type(e)(f"point {point.name!r}: {e.args[0] if e.args else e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -549,23 +550,18 @@ def plan_lines(sweep: Sweep, devices: int | None, processes: int = 1, platform: 
   """Each point's steps and, where `throughput` (a bench --out file) has its exact measurement, its
   wall and device hours on `devices`; per stage and in all. Hours it cannot know it says so."""
   from resizer_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
-  from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   if not devices:
     raise ValueError("--plan needs --devices=N, the devices each run gets (e.g. 32 for a v4-32)")
   records = plan_lib.read_throughputs(throughput) if throughput else []
-  module, sizes, costs = config_args.load_module(sweep.path), {}, {}
+  module, costs = config_args.load_module(sweep.path), {}
   lines = [f"plan: {sweep.config}, {len(sweep.points)} points, each on {devices} {platform} devices "
            f"in {processes} process{'es' * (processes > 1)}; throughputs: {throughput or 'none given'}",
            "", "| point | stage | steps | train images | eval steps | wall h | device-h |",
            "|---|---:|---:|---:|---:|---:|---:|"]
   for p in sweep.points:
-    config = point_config(sweep, p, module=module)
-    if config.data.name not in sizes:
-      sizes[config.data.name] = input_pipeline.split_sizes(config.data)
-    num_train, num_eval, size, _ = sizes[config.data.name]
-    run_plan = plan_lib.make(config, num_devices=devices, num_processes=processes,
-                             num_train=num_train, num_eval=num_eval, platform=platform,
-                             bytes_per_example=size)
+    checked = _check(sweep, p, module, num_devices=devices, num_processes=processes,
+                     platform=platform)
+    config, run_plan = checked.config, checked.plan
     out = tuple(config.resizer.output_size)
     formulation = config.resizer.formulation
     record = plan_lib.find_throughput(
@@ -663,7 +659,7 @@ def _print_dry_run(sweep: Sweep, workdir: str):
 
 
 def main(argv):
-  with cli.command(argv, tensorflow=not (FLAGS.dry_run or FLAGS.plan)):
+  with cli.command(argv):
     workdir = FLAGS.workdir if "://" in FLAGS.workdir else os.path.abspath(FLAGS.workdir)
     config = config_flags.get_config_filename(FLAGS["config"])
     fields = config_flags.get_override_values(FLAGS["config"])
@@ -705,4 +701,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

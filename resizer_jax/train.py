@@ -34,6 +34,7 @@ from resizer_jax import models
 from resizer_jax import nonfinite
 from resizer_jax import pictures
 from resizer_jax import plan as plan_lib
+from resizer_jax import preflight
 from resizer_jax import tasks
 from resizer_jax import writers
 from resizer_jax.data import input_pipeline
@@ -219,12 +220,15 @@ def describe(config) -> str:
 
 
 def _train_and_evaluate(config, workdir, preempted) -> dict:
-  config = config.copy_and_resolve_references()  # Resolved below (data.num_shards); not the caller's.
+  # A copy (data.num_shards is set below), with what the data and a warm start's weights decide;
+  # the model and options are checked before any data is read (resizer_jax/preflight.py).
+  config = preflight.resolve(config, workdir)
+  preflight.check_model(config)
   is_chief = jax.process_index() == 0
   say = print if is_chief else lambda *_: None
 
   # --- Data and the plan: batch, learning rate and steps follow the hardware (resizer_jax/plan.py).
-  task = tasks.get(config.task)  # An unknown task is refused before any data is read.
+  task = tasks.get(config.task)
   builder = input_pipeline.get_builder(config.data, config.num_classes, task.name)
   input_pipeline.check_splits(builder, config.data)
   splits = builder.info.splits
@@ -250,8 +254,6 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
   model = models.from_config(config)  # dtype "auto" resolves there, as in a notebook restore.
   schedule = make_schedule(config, plan.steps_per_epoch, plan.peak_learning_rate)
   tx = make_optimizer(config, schedule)
-  nonfinite.check_policy(config)
-  evaluator_lib.check_options(config)
   init = make_init(model, tx, config.data.input_size, ema=bool(config.ema_decay))
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = state_sharding(abstract, mesh)

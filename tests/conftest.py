@@ -6,7 +6,9 @@ each session, compiles each of them once. A cache hit is the same executable a c
 """
 import atexit
 import os
+import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -69,3 +71,22 @@ def fake_imagenet(tmp_path_factory):
   data.data_dir, data.manual_dir = str(root / "tfds"), manual
   input_pipeline.get_builder(data, 1000)
   return dict(data_dir=data.data_dir, manual_dir=manual, num_val=num_val)
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def checkout(tmp_path):
+  """A git checkout holding this working tree's files as its HEAD: what the launchers ship."""
+  path = tmp_path / "checkout"
+  files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+  for name in filter(None, (f.decode() for f in files)):
+    if os.path.isfile(REPO / name):
+      os.makedirs(path / os.path.dirname(name), exist_ok=True)
+      shutil.copy2(REPO / name, path / name)
+  git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+  for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the working tree"]):
+    subprocess.run([*git, *cmd], cwd=path, check=True)
+  return path

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from resizer_jax import checkpoint
+from resizer_jax import preflight
 from resizer_jax.config_args import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ def demo_config(data_dir, arg="tiny", **overrides):
   config.data.data_dir = data_dir
   for key, value in overrides.items():
     config[key] = value
-  return config
+  return preflight.resolve(config)  # What the trainer builds (num_classes: the dataset's).
 
 
 def saved_state(workdir, step=None):

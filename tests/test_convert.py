@@ -23,6 +23,7 @@ from resizer_jax import checkpoint
 from resizer_jax import config_args
 from resizer_jax import convert
 from resizer_jax import models
+from resizer_jax import preflight
 from resizer_jax import train
 
 NAMES = ("resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0")
@@ -107,7 +108,7 @@ def test_logits_equal_torchvisions(name, converted, images, record_property):
   run = resizer_jax.load(workdir)
   assert (run.config.backbone.name, run.config.resizer.name, run.config.num_classes) == (
       name, "bilinear", 1000)
-  got = run.predict(images)
+  got = run.predict(images, preprocess=None)  # Already the 224 px torchvision takes.
   diff = float(np.abs(got - want).max())
   print(f"{name}: max abs logit difference {diff:.2e} (logits up to {np.abs(want).max():.1f})")
   record_property("max_abs_logit_difference", diff)
@@ -144,6 +145,20 @@ def test_init_from_takes_the_converted_backbone(converted):
   for x, y in zip(jax.tree.leaves(warm.params["resizer"]), jax.tree.leaves(fresh.params["resizer"]),
                   strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+def test_a_warm_start_from_converted_weights_computes_torchvisions_logits(converted, images):
+  """The converted EfficientNet-B0 recorded PyTorch's BatchNorm epsilon: a fine-tune from it that
+  leaves the epsilon unset takes it (resizer_jax/preflight.py), so the same weights compute the same
+  logits; with our default epsilon they would not."""
+  workdir, want = converted("efficientnet_b0")
+  config = config_args.load_config(f"{REPO}/configs/imagenet.py:backbone=efficientnet_b0,"
+                                   "resizer=bilinear,input=224,target=224,finetune")
+  config.init_from = workdir
+  variables = resizer_jax.load(workdir).variables
+  logits = lambda c: np.asarray(models.from_config(c).apply(variables, images, train=False))
+  assert np.abs(logits(preflight.resolve(config)) - want).max() <= TOLERANCE
+  assert np.abs(logits(config) - want).max() > 10 * TOLERANCE  # Without the carried epsilon.
 
 
 def numpy_state_dict(model):

@@ -98,7 +98,7 @@ def _accuracy_of_loaded_run(workdir, config):
   right = total = 0
   for batch in ds.as_numpy_iterator():
     keep = batch["mask"] > 0
-    predicted = run.predict(batch["image"]).argmax(-1)
+    predicted = run.predict(batch["image"], preprocess=None).argmax(-1)  # Eval's own.
     right += int(np.sum((predicted == batch["label"])[keep]))
     total += int(keep.sum())
   return right / total

@@ -79,7 +79,8 @@ def test_artifacts_serve_two_batch_sizes_in_a_process_without_resizer_jax(export
 
   served = np.load(tmp_path / "served.npz")
   for n in BATCHES:
-    logits, resized = run.predict(images[:n]), run.resize(images[:n])
+    # The artifacts take input_size images as they are: so does preprocess=None.
+    logits, resized = run.predict(images[:n], None), run.resize(images[:n], None)
     assert logits.shape == (n, run.config.num_classes) and resized.shape == (n, 16, 16, 3)
     for artifact in ("jax", "tf"):
       # Logits: absolute. The resizer's output is in 0..255 units: relative to that scale.
@@ -118,7 +119,7 @@ def test_bad_input_is_refused_and_nothing_is_written(case, tiny_run, tmp_path, m
   error, message = ValueError, None
   if case == "not a run":
     kwargs["workdir"] = str(tmp_path)
-    error, message = FileNotFoundError, f"no checkpoint under {tmp_path}/checkpoints: give the"
+    error, message = FileNotFoundError, f"no checkpoint under {tmp_path}/checkpoints: give the workdir"
   elif case == "unknown what":
     kwargs["what"], message = "logits", "unknown --what='logits'; valid: model, resizer"
   elif case == "non-empty out":
@@ -126,7 +127,8 @@ def test_bad_input_is_refused_and_nothing_is_written(case, tiny_run, tmp_path, m
     (out / "keep.txt").write_text("mine")
     message = f"{out} exists and is not an empty directory; give a new --out"
   elif case == "missing step":
-    kwargs["step"], message = 7, f"{workdir} has no checkpoint of step 7; it has steps 6, 12"
+    error, kwargs["step"] = FileNotFoundError, 7
+    message = f"no checkpoint of step 7 in {workdir}/checkpoints; saved steps: 6, 12"
   else:
     def fail(*args):
       raise RuntimeError("disk full")

@@ -138,7 +138,7 @@ def test_a_short_cli_run_trains_and_load_gives_the_class_names(prepared, tmp_pat
   out = subprocess.run(
       [sys.executable, "-m", "resizer_jax.main", "--config=configs/demo.py:tiny,input=32,target=8",
        f"--config.data.name=image_folder:{root}", f"--config.data.data_dir={data_dir}",
-       "--config.num_classes=3", "--config.num_train_steps=2", "--config.batch_size=8",
+       "--config.num_train_steps=2", "--config.batch_size=8",
        "--config.eval_batch_size=8", "--config.num_pictures=0",
        "--config.data.eval_crop_fraction=1.0", f"--workdir={tmp_path}"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
@@ -147,6 +147,7 @@ def test_a_short_cli_run_trains_and_load_gives_the_class_names(prepared, tmp_pat
   assert final["eval/examples"] == 6 and final["eval/skipped"] == 0
   run = resizer_jax.load(str(tmp_path))
   assert run.step == 2 and run.class_names == tuple(CLASSES)
+  assert run.config.num_classes == 3  # Left unset by configs/demo.py: the folder's.
 
 
 def test_class_names_of_the_embedded_datasets(tmp_path):
@@ -197,7 +198,8 @@ def bad_folder(tmp, case):
     ("validation only", r"{root} has the splits train, validation, not 'test' \(config.data."
                         r"eval_split='test'\): set --config.data.eval_split=validation, or add "),
     ("num_classes", r"config.num_classes=4 but image_folder:{root} has 3 classes \(cat, coffee, "
-                    r"rocket\): set --config.num_classes=3$"),
+                    r"rocket\): set --config.num_classes=3, or leave it unset \(None\) and the "
+                    r"dataset decides$"),
 ])
 def test_bad_input_is_one_line_naming_what_was_found(tmp_path, case, message):
   root, overrides, num_classes = bad_folder(tmp_path, case)
@@ -207,8 +209,7 @@ def test_bad_input_is_one_line_naming_what_was_found(tmp_path, case, message):
     input_pipeline.get_builder(data_config(root, data_dir, **overrides), num_classes)
   assert "\n" not in str(error.value)
   assert error.match("^" + message.format(root=re.escape(str(root))))
-  if case != "num_classes":  # That one is found once the dataset is built.
-    assert everything_under(data_dir) == []
+  assert everything_under(data_dir) == []
 
 
 def test_a_misspelt_prefix_is_an_unknown_dataset_naming_image_folder(tmp_path):

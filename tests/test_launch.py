@@ -57,22 +57,6 @@ def _stock_python3():
   return sys.executable
 
 
-@pytest.fixture
-def checkout(tmp_path):
-  """A git checkout holding this working tree's files as its HEAD: what the launchers ship."""
-  path = tmp_path / "checkout"
-  files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
-  for name in filter(None, (f.decode() for f in files)):
-    if os.path.isfile(REPO / name):
-      os.makedirs(path / os.path.dirname(name), exist_ok=True)
-      shutil.copy2(REPO / name, path / name)
-  git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-  for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the working tree"]):
-    subprocess.run([*git, *cmd], cwd=path, check=True)
-  return path
-
-
 @pytest.fixture(scope="module")
 def base_env(tmp_path_factory):
   """PATH: the stand-ins, a python3 as on a stock image and the Python 3.11 uv is to find (uv must
@@ -93,8 +77,11 @@ def env(base_env, tmp_path):
   """Per test: the stand-ins' state (VMs, SLURM jobs), the user's home under tmp_path, and gcloud
   signed in to a project."""
   os.makedirs(tmp_path / "home")
+  # The config check (resizer_jax.main --plan, seconds each) off: the tests of the cloud steps use
+  # valid configs; test_tpu_launch_checks_each_runs_config_before_anything_is_created runs it.
   return dict(base_env, STANDIN_ROOT=str(tmp_path / "cloud"), HOME=str(tmp_path / "home"),
-              STANDIN_GCLOUD_ACCOUNT="someone@example.com", STANDIN_GCLOUD_PROJECT="a-project")
+              STANDIN_GCLOUD_ACCOUNT="someone@example.com", STANDIN_GCLOUD_PROJECT="a-project",
+              RESIZER_JAX_TPU_CHECK_CONFIG="0")
 
 
 @pytest.fixture
@@ -395,7 +382,7 @@ def test_slurm_jobs_wait_for_their_dependencies_and_never_start_after_a_failed_o
 
 
 MAIN_ARGS = "--config=configs/imagenet.py:input=448,resizer=bilinear --workdir=gs://b/runs/x " \
-    "--config.batch_size=128"
+    "--config.per_device_batch_size=16"
 
 
 def test_dry_runs_print_what_they_would_run_and_run_nothing(checkout, env, tmp_path):
@@ -517,6 +504,28 @@ def test_launchers_refuse_bad_input_in_one_line_and_run_nothing(
   assert not os.path.exists(tmp_path / "cloud") and not (checkout / ".venv").exists()
 
 
+@pytest.mark.parametrize("cmd", [["launch/tpu.sh", "--help"], ["launch/tpu.sh", *VM, "-h"],
+                                 ["launch/slurm.sbatch", "--help"],
+                                 ["launch/slurm.sbatch", "--jax=rocm", "-h"]])
+def test_launcher_help_prints_the_usage_with_every_flag_and_runs_nothing(
+    cmd, checkout, env, tmp_path):
+  out = run(["bash", *cmd], env, checkout)
+  assert out.stderr == ""
+  if cmd[0] == "launch/tpu.sh":
+    assert out.stdout.startswith("launch/tpu.sh: a Cloud TPU VM slice ")
+    parser = (checkout / "launch" / "tpu.py").read_text().split("def parse(", 1)[1]
+    flags = re.findall(r'"(--[a-z_-]+)"', re.split(r"\n(?=\S)", parser, 1)[0])
+  else:  # The file's leading comment, without its #SBATCH lines.
+    assert out.stdout.startswith("Multi-node GPUs under SLURM: ")
+    assert not re.search(r"^#|--job-name", out.stdout, re.M), out.stdout
+    loop = (checkout / cmd[0]).read_text().split("\nfor a in ", 1)[1].split("\ndone\n", 1)[0]
+    flags = re.findall(r"^\s+(--[a-z-]+)[=*|)]", loop, re.M)
+  assert len(flags) >= 4 and "--dry-run" in flags, flags
+  for flag in flags + ["--help"]:
+    assert re.search(rf"(^|[\s|,(]){flag}\b", out.stdout, re.M), flag
+  assert not os.path.exists(tmp_path / "cloud") and not (checkout / ".venv").exists()
+
+
 def _creates(env):
   """The create calls the stand-in gcloud received, one line of arguments each."""
   path = os.path.join(env["STANDIN_ROOT"], "creates")
@@ -570,6 +579,102 @@ def test_tpu_launch_checks_gcloud_before_creating_anything(change, message, chec
   assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
   assert len(out.stderr.splitlines()) == 1 and message in out.stderr, out.stderr
   assert _creates(env) == []
+
+
+def _append(path, text="# changed\n"):
+  with open(path, "a") as f:
+    f.write(text)
+
+
+def _staged_new_config(checkout):
+  _append(checkout / "configs/new.py")
+  subprocess.run(["git", "add", "configs/new.py"], cwd=checkout, check=True)
+
+
+# (what changes in the checkout, the launch's --config, what the refusal names). Workers get
+# `git archive HEAD`: each would run something other than this tree, or miss a file.
+TREE_CHANGES = {
+    "untracked_config": (lambda c: shutil.copy(c / "configs/demo.py", c / "configs/my_sweep.py"),
+                         "configs/my_sweep.py:tiny", "from configs/my_sweep.py (untracked): "),
+    "staged_config": (_staged_new_config, "configs/new.py",
+                      "from configs/new.py (added, not committed): "),
+    "missing_config": (lambda c: None, "configs/nope.py",
+                       "--config=configs/nope.py: there is no configs/nope.py in "),
+    "modified_config": (lambda c: _append(c / "configs/demo.py"), "configs/demo.py:tiny",
+                        "from configs/demo.py (modified): "),
+    "modified_code": (lambda c: _append(c / "resizer_jax/train.py"), "configs/demo.py:tiny",
+                      "from resizer_jax/train.py (modified): "),
+    "deleted_file": (lambda c: os.remove(c / "resizer_jax/summary.py"), "configs/demo.py:tiny",
+                     "from resizer_jax/summary.py (deleted): "),
+    "untracked_module": (lambda c: _append(c / "resizer_jax/extra.py"), "configs/demo.py:tiny",
+                         "from resizer_jax/extra.py (untracked): "),
+    "many": (lambda c: [_append(c / f"configs/new_{i}.py") for i in range(7)],
+             "configs/demo.py:tiny", "from configs/new_0.py (untracked), configs/new_1.py "
+             "(untracked), configs/new_2.py (untracked), configs/new_3.py (untracked), "
+             "configs/new_4.py (untracked) and 2 more: commit them"),
+    "config_outside": (lambda c: _append(c.parent / "outside.py"), "../outside.py",
+                       "--config=../outside.py: ../outside.py is outside "),
+}
+
+
+@pytest.mark.parametrize("dry", [False, True], ids=["launch", "dry_run"])
+@pytest.mark.parametrize("change", TREE_CHANGES)
+def test_tpu_launch_refuses_a_tree_the_workers_would_not_get(change, dry, checkout,
+                                                             fake_worker_python):
+  """Refused in one line naming the files, before anything is created, in a dry run too (one
+  that passes means the workers get these files)."""
+  env = fake_worker_python  # Were it not refused, the launch would take seconds, not minutes.
+  make, config, says = TREE_CHANGES[change]
+  make(checkout)
+  out = run(["bash", "launch/tpu.sh", *VM, "--accelerator=v4-8", "--jax=cpu", f"--config={config}",
+             "--workdir=/w", *(["--dry-run"] if dry else [])], env, checkout, check=False,
+            timeout=120)
+  assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
+  assert len(out.stderr.splitlines()) == 1 and says in out.stderr, out.stderr
+  assert out.stderr.startswith("launch/tpu.sh: ")
+  if change not in ("config_outside", "missing_config"):
+    assert "the workers get only `git archive HEAD`, which lacks or differs " in out.stderr
+  assert _creates(env) == []
+
+
+@pytest.mark.parametrize("dry", [False, True], ids=["launch", "dry_run"])
+def test_tpu_launch_checks_each_runs_config_before_anything_is_created(dry, checkout, env):
+  """The issue's dry run that passed: a config argument typo, and an unknown backbone, in the
+  second step of a chain; the check runs resizer_jax.main --plan on the slice's 16 devices and 4
+  hosts (v4-32). A valid chain passes the same check."""
+  env = dict(env, RESIZER_JAX_TPU_CHECK_CONFIG="1", RESIZER_JAX_PYTHON=sys.executable)
+  launch = lambda second: run(
+      ["bash", "launch/tpu.sh", *VM, "--accelerator=v4-32", *(["--dry-run"] if dry else []),
+       "--step=--config=configs/imagenet.py:resizer=bilinear --workdir=/w/a",
+       f"--step=--config=configs/imagenet.py:{second} --workdir=/w/b"], env, checkout,
+      check=False, timeout=300)
+  for second, says in [("inptu=448", "unknown config argument 'inptu' in 'inptu=448' (did you "
+                                     "mean 'input'?)"),
+                       ("backbone=resnet5", "unknown backbone 'resnet5'; valid: ")]:
+    out = launch(second)
+    assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
+    assert out.stderr.startswith("launch/tpu.sh: --step #2: error: --config=configs/imagenet.py"
+                                 if second.startswith("inptu") else
+                                 "launch/tpu.sh: --step #2: error: ") and says in out.stderr
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+  assert _creates(env) == []
+  if dry:
+    out = launch("input=320")
+    assert out.returncode == 0, out.stderr
+
+
+def test_tpu_launch_takes_untracked_files_elsewhere_and_sends_an_absolute_config_relative(
+    checkout, env):
+  """Notes and runs/ are no part of a run; a config given by its absolute path inside the
+  repository reaches the workers as the path in their copy of it."""
+  os.makedirs(checkout / "runs")
+  for name in ("notes.txt", "runs/x.log"):
+    _append(checkout / name)
+  out = run(["bash", "launch/tpu.sh", *VM, "--accelerator=v4-8",
+             f"--config={checkout}/configs/demo.py:tiny", "--workdir=/w", "--dry-run"], env,
+            checkout).stdout
+  assert 'step_1=("$py" -m resizer_jax.main --distributed=on --config=configs/demo.py:tiny ' \
+      "--workdir=/w)\n" in out, out
 
 
 @pytest.mark.parametrize("end,says", [
@@ -747,7 +852,8 @@ def test_tpu_launcher_runs_from_a_posix_sh_and_python_3_8(checkout, env):
   pythons = [p for p in (shutil.which("python3.8"),
                          *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8"))))
              if p and subprocess.run([p, "-c", ""], capture_output=True).returncode == 0]
-  cmd = [*VM, "--accelerator=v4-8", "--queued", "--step=--config=c --workdir=/a", "--dry-run"]
+  cmd = [*VM, "--accelerator=v4-8", "--queued", "--step=--config=configs/demo.py --workdir=/a",
+         "--dry-run"]
   dry = lambda shell, env: re.sub(r"resizer_jax-demo-\w+\.tar\.gz", "ARCHIVE", run(
       [shell, "launch/tpu.sh", *cmd], env, checkout).stdout)
   expected = dry("bash", env)

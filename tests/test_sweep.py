@@ -57,7 +57,7 @@ def test_dry_run_prints_each_runs_command(tmp_path, launch, prefix):
   assert not os.path.exists(workdir)
 
 
-def test_the_imagenet_table1_sweep_is_staged_for_every_launcher(tmp_path):
+def test_the_imagenet_table1_sweep_is_staged_for_every_launcher(tmp_path, checkout):
   """Table 1's four backbones: a baseline each, then 4 resizers x 3 seeds fine-tuned from it."""
   config, workdir = f"{REPO}/configs/imagenet.py", str(tmp_path / "t1")
   table = sweep.load(config)
@@ -85,11 +85,15 @@ def test_the_imagenet_table1_sweep_is_staged_for_every_launcher(tmp_path):
                         "--accelerator=v4-32", "--queued", "--detach"]
   assert len(steps) == 13 and steps[0].endswith(f"--workdir={workdir}/{base}")
   assert shlex.split(steps[1]) == sweep.main_args(table, learned[0], workdir)
-  # The launcher takes the chain as the sweep gives it (its checks: names, steps, order).
-  shown = subprocess.run(["bash", *tpu[2], "--dry-run"], cwd=REPO, capture_output=True, text=True,
-                         timeout=60)
+  # The launcher takes the chain as the sweep gives it (its checks: names, steps, order), from a
+  # committed checkout as workers get it; the config check, seconds a step, is test_launch.py's.
+  shipped = sweep.launch_commands(sweep.load(f"{checkout}/configs/imagenet.py:table1=densenet121"),
+                                  workdir, "tpu", ["--zone=us-central2-b", "--accelerator=v4-32"])
+  shown = subprocess.run(["bash", *shipped[0], "--dry-run"], cwd=checkout, capture_output=True,
+                         text=True, timeout=60,
+                         env=dict(os.environ, RESIZER_JAX_TPU_CHECK_CONFIG="0"))
   assert shown.returncode == 0, shown.stderr
-  assert "gcloud compute tpus queued-resources create t1-2" in shown.stdout
+  assert "gcloud compute tpus queued-resources create t1-0" in shown.stdout
 
   out = sweep_cli(f"--config={config}:table1=resnet50,seeds=2,inputs=320+448",
                   f"--workdir={tmp_path}", "--dry_run").stdout.splitlines()
@@ -117,9 +121,11 @@ def test_a_grid_from_python_or_the_command_line_and_bad_sweeps_in_one_line(tmp_p
 
   staged = tmp_path / "staged.py"
   for body, error in [
-      ("grid={'tgt': [8]}", "unknown config argument 'tgt' in 'tgt=8'; valid: resizer, input, target"),
+      ("grid={'tgt': [8]}", "unknown config argument 'tgt' in 'tgt=8' (did you mean 'target'?); "
+       "valid: resizer, input, target"),
       ("grid={'resizer': ['bilnear']}", "point 'resizer=bilnear': unknown resizer 'bilnear'; valid: "),
-      ("grid={'config.optimiser.name': ['sgd']}", "config has no field 'optimiser'; valid: backbone"),
+      ("grid={'config.optimiser.name': ['sgd']}",
+       "config has no field 'optimiser' (did you mean 'optimizer'?); valid: backbone"),
       ("sweep=lambda add, arg: [add(seed=0, init_from='seed=1'), add(seed=1, init_from='seed=0')]",
        "the points start from each other in a cycle: seed=0 -> seed=1 -> seed=0"),
       ("sweep=lambda add, arg: add(seed=0, init_from=sweep_lib.load(demo, {'seed': [0]}).points[0])",

@@ -199,8 +199,8 @@ def test_unknown_names_are_clear_errors(data_dir, tmp_path):
   config.backbone.name = "resnet5O"
   with pytest.raises(ValueError, match=r"unknown backbone 'resnet5O'; valid: .*resnet50"):
     train.train_and_evaluate(config, str(tmp_path))
-  with pytest.raises(ValueError, match=r"unknown config argument 'resizr' in 'resizr=bilinear'; "
-                     r"valid: resizer, input, target"):
+  with pytest.raises(ValueError, match=r"unknown config argument 'resizr' in 'resizr=bilinear' "
+                     r"\(did you mean 'resizer'\?\); valid: resizer, input, target"):
     demo_config(data_dir, "resizr=bilinear")
 
 

@@ -101,6 +101,12 @@ class ResizerDemo(tfds.core.GeneratorBasedBuilder):
                  train_crops_per_photo=1, test_crops_per_photo=1),
   ]
 
+  def planned_split_sizes(self) -> dict[str, int]:
+    """The examples of each split before it is prepared (for a run plan)."""
+    c = self.builder_config
+    return {"train": len(TRAIN_PHOTOS) * c.train_crops_per_photo * len(DEGRADATIONS),
+            "test": len(TEST_PHOTOS) * c.test_crops_per_photo * len(DEGRADATIONS)}
+
   def _info(self):
     return self.dataset_info_from_configs(
         description=__doc__,

@@ -168,6 +168,10 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
+  def planned_split_sizes(self) -> dict[str, int]:
+    """The images of each split before it is prepared (for a run plan)."""
+    return {split: len(files) for split, files in self.builder_config.files.items()}
+
   def _info(self):
     return self.dataset_info_from_configs(
         description=__doc__,

@@ -121,15 +121,21 @@ def _missing_manual_download(builder, data_config, manual_dir) -> str | None:
     missing = ["all of it (the directory is absent or empty)"]
     expected = " ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())[:300]
   name = data_config.name
-  register = "from resizer_jax.data import ava; " if builder.name == "ava" else ""
-  prepare = (f"python -c \"{register}import tensorflow_datasets as tfds; tfds.builder('{name}', "
-             f"data_dir='{data_dir}').download_and_prepare(download_config="
-             f"tfds.download.DownloadConfig(manual_dir='{manual_dir}'))\"")
+  prepare = prepare_command(name, builder, manual_dir)
   docs = DOCS.get(builder.name, "the dataset's TFDS catalog page")
   return (f"{name} is not prepared in data_dir={data_dir} and its manual download is not in "
           f"manual_dir={manual_dir}: expected {expected} there, missing: {', '.join(missing)}; put "
           "the files there (or set --config.data.manual_dir to where they are) and rerun, or "
           f"prepare once with: {prepare} ({docs})")
+
+
+def prepare_command(name: str, builder, manual_dir: str | None = None) -> str:
+  """The shell command that prepares dataset `name` where `builder` looks for it."""
+  register = "import resizer_jax.data.input_pipeline; " if builder.name in OUR_DATASETS else ""
+  manual = (f"download_config=tfds.download.DownloadConfig(manual_dir='{manual_dir}')"
+            if manual_dir else "")
+  return (f"python -c \"{register}import tensorflow_datasets as tfds; tfds.builder('{name}', "
+          f"data_dir='{builder.data_dir_root}').download_and_prepare({manual})\"")
 
 
 def get_builder(data_config, num_classes: int | None = None, task: str | None = None, *,
@@ -151,6 +157,7 @@ def get_builder(data_config, num_classes: int | None = None, task: str | None = 
   # missing, or differ, on one host only).
   try:
     builder, error = _builder(data_config), None
+    _check_task(builder, data_config, num_classes, task)  # Its features say, prepared or not.
     missing = _missing_manual_download(builder, data_config, manual_dir) if prepare else None
     if missing:
       error = FileNotFoundError(missing)
@@ -180,6 +187,10 @@ def get_builder(data_config, num_classes: int | None = None, task: str | None = 
         prepared()
       multihost_utils.sync_global_devices(f"prepared {data_config.name}")
       builder = prepared()
+  return builder
+
+
+def _check_task(builder, data_config, num_classes, task):
   served = tasks.of_dataset(builder)
   if task is not None and task != served.name:
     raise ValueError(f"config.task={task!r} does not fit {data_config.name}, a {served.name} "
@@ -189,8 +200,8 @@ def get_builder(data_config, num_classes: int | None = None, task: str | None = 
     names = class_names(builder) or ()
     listed = f" ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})" if names else ""
     raise ValueError(f"config.num_classes={num_classes} but {data_config.name} has {width} classes"
-                     f"{listed}: set --config.num_classes={width}")
-  return builder
+                     f"{listed}: set --config.num_classes={width}, or leave it unset (None) and "
+                     "the dataset decides")
 
 
 def check_splits(builder, data_config):
@@ -461,23 +472,40 @@ def eval_dataset(builder, data_config, *, global_batch: int):
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options()), num_steps
 
 
+def _looked_in(builder, data_config) -> str:
+  """Where the run looks for prepared data, and why there."""
+  why = ("data.data_dir" if data_config.data_dir else "$TFDS_DATA_DIR"
+         if os.environ.get("TFDS_DATA_DIR") else "TFDS's default; set $TFDS_DATA_DIR or data.data_dir")
+  return f"{builder.data_dir_root} ({why})"
+
+
 def split_sizes(data_config) -> tuple[int, int, float | None, str]:
   """(train examples, eval examples, mean encoded bytes per train example or None, source).
 
-  From the prepared TFDS dataset when there is one, else from plan.KNOWN_SPLITS (a run plan
-  for a dataset not prepared here, e.g. on a laptop for a pod).
+  From the prepared TFDS dataset where the run will look for it; else from what the run will
+  prepare (the demo, an image folder), or from plan.KNOWN_SPLITS (a plan for data prepared
+  elsewhere, e.g. a pod's). Otherwise a FileNotFoundError with the command that prepares it.
   """
   builder = get_builder(data_config, prepare=False)
   name = data_config.name.split("/")[0]
+  train_split, eval_split = data_config.train_split, data_config.eval_split
   if builder.is_prepared():
     splits = builder.info.splits
-    train = splits[data_config.train_split]
-    return (train.num_examples, splits[data_config.eval_split].num_examples,
-            train.num_bytes / max(1, train.num_examples), "prepared dataset")
+    train = splits[train_split]
+    return (train.num_examples, splits[eval_split].num_examples,
+            train.num_bytes / max(1, train.num_examples),
+            f"from the dataset prepared in {_looked_in(builder, data_config)}")
+  where = _looked_in(builder, data_config)
+  if hasattr(builder, "planned_split_sizes"):  # Made here from files at hand: the run prepares it.
+    planned = builder.planned_split_sizes()
+    return (planned[train_split], planned[eval_split], None,
+            f"{data_config.name} is not prepared yet in {where}; the run prepares it at start")
+  missing = _missing_manual_download(builder, data_config, data_config.get("manual_dir"))
   if name in plan.KNOWN_SPLITS:
-    (train, size), (num_eval, _) = (plan.KNOWN_SPLITS[name][data_config.train_split],
-                                    plan.KNOWN_SPLITS[name][data_config.eval_split])
-    return train, num_eval, size, "published split sizes (not prepared here)"
-  raise FileNotFoundError(f"{data_config.name} is not prepared under data_dir="
-                          f"{data_config.data_dir} and its split sizes are not known; "
-                          "prepare it first (docs/data.md)")
+    (train, size), (num_eval, _) = (plan.KNOWN_SPLITS[name][train_split],
+                                    plan.KNOWN_SPLITS[name][eval_split])
+    return train, num_eval, size, (f"published; not prepared in {where}" + (
+        f". {missing}" if missing else "; the run prepares it from the manual download"))
+  prepare = missing or ("prepare it with: " + prepare_command(data_config.name, builder))
+  raise FileNotFoundError(f"{data_config.name} is not prepared in {where} and its split sizes "
+                          f"are not known before it is; {prepare}")

@@ -29,6 +29,11 @@ BACKBONES = {
 }
 
 
+# Backbone options that change how a model trains but not what given weights compute: a warm start
+# does not carry them from its source run (resizer_jax/preflight.py carries the others).
+TRAINING_ONLY_OPTIONS = ("bn_momentum", "dropout_rate", "drop_path_rate", "zero_init_residual")
+
+
 def get_backbone(name: str, num_classes: int = 1000, **kwargs) -> nn.Module:
   if name not in BACKBONES:
     raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(sorted(BACKBONES))}")

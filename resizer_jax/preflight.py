@@ -1,0 +1,117 @@
+"""Pre-flight: what can be known about a run before anything is created, written or paid for.
+
+`check(config, num_devices=N, ...)` is the one check that `--plan`, `resizer_jax.main` (before it
+trains), the sweep (for every point) and the launchers (through `--plan`, before a slice or a job
+exists) run. Each failure is a ValueError or FileNotFoundError of one line naming the value and the
+valid choices, which the command lines print as `error: ...` with exit status 2:
+
+  - the task, the resizer and the backbone with their options, the eval and non-finite options;
+  - the model builds at the configured sizes (`jax.eval_shape`: traced, never compiled or run);
+  - with `num_devices`: the mesh and the batch fit the devices and processes (resizer_jax/plan.py);
+  - the data: prepared (where the run will look: data.data_dir, else $TFDS_DATA_DIR), or prepared
+    by the run itself, or what is missing and the command that prepares it.
+
+It also settles what the config leaves to the data and the weights (`resolve`): an image folder's
+class count, and the backbone settings a warm start's weights were trained with.
+"""
+import dataclasses
+import functools
+import json
+
+import ml_collections
+
+from resizer_jax import checkpoint
+from resizer_jax import evaluator
+from resizer_jax import models
+from resizer_jax import nonfinite
+from resizer_jax import plan as plan_lib
+from resizer_jax import tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+  config: ml_collections.ConfigDict  # Resolved: what the run trains.
+  plan: plan_lib.Plan | None  # None without num_devices.
+  data: str  # Where the split sizes come from (prepared, to be prepared by the run, published).
+
+
+def _source_backbone(config, workdir: str | None) -> tuple[str, dict] | None:
+  """(where, backbone config) of the run whose weights this one starts from: `workdir`'s own
+  checkpoint when it resumes (it recorded what it carried), else config.init_from's."""
+  for source in (workdir, config.init_from):
+    try:
+      saved = source and checkpoint.saved_config(source)
+    except (FileNotFoundError, ValueError):
+      saved = None  # Not there yet (e.g. a chain's earlier step): checked again when it starts.
+    if saved:
+      return source, saved.get("backbone", {})
+  return None
+
+
+def resolve(config, workdir: str | None = None) -> ml_collections.ConfigDict:
+  """A copy of `config` with what its data and weights decide filled in, or a one-line error:
+
+  - num_classes, when the config leaves it unset (None): the dataset's classes (an image folder's
+    class sub-folders); a number set that differs from the dataset's is refused.
+  - the backbone options of config.init_from's run that change what its weights compute (BatchNorm
+    epsilon, the stem...; not training-only ones such as dropout or BatchNorm momentum): carried when
+    this config leaves them unset, refused when it sets another value.
+  """
+  from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow.
+  config = config.copy_and_resolve_references()
+  builder = input_pipeline.get_builder(config.data, config.num_classes, config.task, prepare=False)
+  with config.unlocked():
+    if config.num_classes is None:
+      config.num_classes = tasks.of_dataset(builder).dataset_classes(builder.info.features)
+    source = _source_backbone(config, workdir) if config.init_from else None
+    if source and source[1].get("name") == config.backbone.name:
+      where, saved = source
+      for key, value in sorted(saved.items()):
+        if key == "name" or value is None or key in models.TRAINING_ONLY_OPTIONS:
+          continue
+        mine = config.backbone.get(key)
+        if mine is None:
+          config.backbone[key] = value
+        elif mine != value:
+          raise ValueError(f"config.backbone.{key}={mine!r} but the weights of init_from={where} "
+                           f"were trained with {key}={value!r}, and compute other outputs with "
+                           f"another; drop --config.backbone.{key} (it is carried) or give {value!r}")
+  return config
+
+
+@functools.lru_cache(maxsize=64)
+def _builds(model_json: str, input_size: int):
+  """The model's variables, traced at `input_size` (cached: a sweep's points share models)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  model = models.from_config(ml_collections.ConfigDict(json.loads(model_json)))
+  return jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, input_size, input_size, 3), jnp.uint8), train=False))
+
+
+def check_model(config):
+  """The task, model and options of `config`, and the model traced at data.input_size."""
+  tasks.get(config.task)
+  nonfinite.check_policy(config)
+  evaluator.check_options(config)
+  models.from_config(config)  # Unknown names and options, in its words.
+  fields = {k: config[k] for k in ("task", "dtype", "resizer", "backbone", "num_classes")}
+  try:
+    _builds(ml_collections.ConfigDict(fields).to_json(sort_keys=True), config.data.input_size)
+  except (TypeError, ValueError, ArithmeticError) as e:  # In the words of the layer that fails.
+    raise ValueError(f"the model does not build at data.input_size={config.data.input_size} -> "
+                     f"resizer.output_size={config.resizer.output_size} with "
+                     f"{config.backbone.name}: {' '.join(str(e).split())[:300]}") from None
+
+
+def check(config, *, num_devices: int | None = None, num_processes: int = 1,
+          platform: str = "cpu", workdir: str | None = None) -> Checked:
+  """Everything above; with `num_devices`, also the run plan on that hardware."""
+  from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow.
+  config = resolve(config, workdir)
+  check_model(config)
+  num_train, num_eval, size, source = input_pipeline.split_sizes(config.data)
+  plan = None if num_devices is None else plan_lib.make(
+      config, num_devices=num_devices, num_processes=num_processes, num_train=num_train,
+      num_eval=num_eval, platform=platform, bytes_per_example=size)
+  return Checked(config=config, plan=plan, data=source)
