@@ -658,6 +658,7 @@ class Launcher:
             f"this project, or {CHECK_ENV}=0 to launch unchecked")
       at = f"--step #{k + 1}: " if len(self.runs) > 1 else ""
       last = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+      last = last.split("  (--")[0]  # Its hint about its own flags, not this launcher's.
       if out.returncode == 2:
         die(f"{at}{last}")
       if out.returncode:

@@ -81,7 +81,7 @@ def env(base_env, tmp_path):
   # valid configs; test_tpu_launch_checks_each_runs_config_before_anything_is_created runs it.
   return dict(base_env, STANDIN_ROOT=str(tmp_path / "cloud"), HOME=str(tmp_path / "home"),
               STANDIN_GCLOUD_ACCOUNT="someone@example.com", STANDIN_GCLOUD_PROJECT="a-project",
-              RESIZER_JAX_TPU_CHECK_CONFIG="0")
+              RESIZER_JAX_TPU_CHECK_CONFIG="0", RESIZER_JAX_PYTHON=sys.executable)
 
 
 @pytest.fixture
@@ -406,6 +406,12 @@ def test_dry_runs_print_what_they_would_run_and_run_nothing(checkout, env, tmp_p
   assert not venv.exists()
   assert dry("bash", "launch/slurm.sbatch", "--venv=none") == [
       f"srun --kill-on-bad-exit=1 python -m resizer_jax.main --distributed=on {MAIN_ARGS}"]
+  # Its dry run checks the config as each task would (resizer_jax/preflight.py).
+  refused = run(["bash", "launch/slurm.sbatch", "--venv=none", *MAIN_ARGS.split(),
+                 "--config.backbone.name=resnet5", "--dry-run"], env, checkout, check=False)
+  assert refused.returncode == 2 and refused.stdout == "", refused.stdout + refused.stderr
+  assert refused.stderr.startswith("error: unknown backbone 'resnet5'; valid: ") and len(
+      refused.stderr.splitlines()) == 1, refused.stderr
 
   out = "\n".join(dry("bash", "launch/tpu.sh", *VM, "--accelerator=v4-32"))
   assert out.startswith("gcloud compute tpus tpu-vm create demo --zone=us-central2-b "
