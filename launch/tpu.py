@@ -82,7 +82,9 @@ resizer_jax/, configs/ or launch/. Commit them first (untracked files elsewhere,
 left alone).
 
 Before anything is created: the arguments, the accelerator and its version, this tree against
-HEAD, gcloud's account and project, and for a slice of several hosts gcloud's key in ssh-agent
+HEAD, each run's config as the workers would check it (`resizer_jax.main --plan` on the slice's
+devices; needs the project here or in $RESIZER_JAX_PYTHON; RESIZER_JAX_TPU_CHECK_CONFIG=0 skips
+it), gcloud's account and project, and for a slice of several hosts gcloud's key in ssh-agent
 (--worker=all needs it). Bad input: one line on stderr, exit 2. After the slice exists, every way
 out says it is still up and how to delete it.
 
