@@ -40,7 +40,8 @@ then per seed the learned resizer and the controls fine-tuned from that baseline
       --workdir=gs://BUCKET/ava_table1 --config.data.manual_dir=/data/ava --dry_run
 
 Sweep arguments: imagenet=DIR (required: the workdir of configs/imagenet.py's Table 1 sweep, whose
-bilinear baselines start these; or DIR/{backbone}, any run per backbone), table1=all|<backbone>[+...],
+bilinear baselines start these; or DIR/{backbone}, any run per backbone, converted published
+weights too: TF-slim's for inception_v2, docs/weights.md), table1=all|<backbone>[+...],
 seeds=3, baselines=1. EfficientNet-b0 is not an ImageNet row of Table 1: train its ImageNet
 baseline into the same DIR first, with configs/imagenet.py:table1=efficientnet_b0 (its fine-tunes
 there are optional).

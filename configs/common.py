@@ -24,6 +24,10 @@ def base() -> config_dict.ConfigDict:
   # fresh. The paper fine-tunes from a baseline trained with a fixed resizer.
   config.init_from = config_dict.placeholder(str)
   config.init_head = True  # False: the head starts fresh too (e.g. a 10-way IQA head).
+  # How pixels are standardised before the resizer (resizer_jax.models.NORMALIZATIONS: imagenet,
+  # or inception for TF-slim's [-1, 1]); what the weights were trained on. None: init_from's (a
+  # converted TF-slim checkpoint's is inception), else imagenet (resizer_jax/preflight.py).
+  config.normalization = config_dict.placeholder(str)
   # (axis, size) pairs over all devices, -1 = the rest; the batch is split over every axis. Add
   # ("fsdp", k) to split large parameters and optimiser state k ways instead of replicating them.
   config.mesh = (("data", -1),)

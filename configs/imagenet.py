@@ -36,7 +36,8 @@ Table 1 (ImageNet rows) as one staged sweep (`sweep` below; docs/launch.md for t
 Sweep arguments: table1=all|<backbone>[+<backbone>...], seeds=3 (fine-tune seeds), baselines=1
 (baseline seeds; fine-tune seed s starts from baseline s mod baselines), inputs=448 (the fine-tunes'
 resizer inputs, e.g. 224+320+448), pretrained=DIR/{backbone} (baselines start from converted
-published weights, `python -m resizer_jax.convert`, instead of from scratch).
+published weights, `python -m resizer_jax.convert`, instead of from scratch: torchvision's, or
+TF-slim's for inception_v2, whose stem and [-1, 1] inputs the runs take from it; docs/weights.md).
 """
 import os
 

@@ -35,8 +35,8 @@ class Checked:
   data: str  # Where the split sizes come from (prepared, to be prepared by the run, published).
 
 
-def _source_backbone(config, workdir: str | None) -> tuple[str, dict] | None:
-  """(where, backbone config) of the run whose weights this one starts from: `workdir`'s own
+def _source(config, workdir: str | None) -> tuple[str, dict] | None:
+  """(where, saved config) of the run whose weights this one starts from: `workdir`'s own
   checkpoint when it resumes (it recorded what it carried), else config.init_from's."""
   for source in (workdir, config.init_from):
     try:
@@ -44,7 +44,7 @@ def _source_backbone(config, workdir: str | None) -> tuple[str, dict] | None:
     except (FileNotFoundError, ValueError):
       saved = None  # Not there yet (e.g. a chain's earlier step): checked again when it starts.
     if saved:
-      return source, saved.get("backbone", {})
+      return source, saved
   return None
 
 
@@ -56,6 +56,9 @@ def resolve(config, workdir: str | None = None) -> ml_collections.ConfigDict:
   - the backbone options of config.init_from's run that change what its weights compute (BatchNorm
     epsilon, the stem...; not training-only ones such as dropout or BatchNorm momentum): carried when
     this config leaves them unset, refused when it sets another value.
+  - normalization, the same way, from the weights it starts from: init_from's, or its own
+    checkpoint's when it resumes (without an init_from too: the model signature that refuses a
+    resume of another backbone predates this field); else the default (models.NORMALIZATIONS).
   """
   from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow.
   config = config.copy_and_resolve_references()
@@ -63,10 +66,10 @@ def resolve(config, workdir: str | None = None) -> ml_collections.ConfigDict:
   with config.unlocked():
     if config.num_classes is None:
       config.num_classes = tasks.of_dataset(builder).dataset_classes(builder.info.features)
-    source = _source_backbone(config, workdir) if config.init_from else None
-    if source and source[1].get("name") == config.backbone.name:
-      where, saved = source
-      for key, value in sorted(saved.items()):
+    source = _source(config, workdir) if config.init_from or workdir else None
+    where, saved = source or (None, {})
+    if config.init_from and saved.get("backbone", {}).get("name") == config.backbone.name:
+      for key, value in sorted(saved["backbone"].items()):
         if key == "name" or value is None or key in models.TRAINING_ONLY_OPTIONS:
           continue
         mine = config.backbone.get(key)
@@ -76,6 +79,15 @@ def resolve(config, workdir: str | None = None) -> ml_collections.ConfigDict:
           raise ValueError(f"config.backbone.{key}={mine!r} but the weights of init_from={where} "
                            f"were trained with {key}={value!r}, and compute other outputs with "
                            f"another; drop --config.backbone.{key} (it is carried) or give {value!r}")
+    # A run saved before the field existed, or with it unresolved, was standardised the default way.
+    theirs = models.check_normalization(saved.get("normalization")) if source else None
+    mine = config.normalization
+    if mine is None:
+      config.normalization = theirs or models.DEFAULT_NORMALIZATION
+    elif theirs and mine != theirs:
+      raise ValueError(f"config.normalization={mine!r} but the weights of {where} were trained on "
+                       f"normalization={theirs!r} inputs, and compute other outputs on others; "
+                       f"drop --config.normalization (it is carried) or give {theirs!r}")
   return config
 
 
@@ -95,7 +107,8 @@ def check_model(config):
   nonfinite.check_policy(config)
   evaluator.check_options(config)
   models.from_config(config)  # Unknown names and options, in its words.
-  fields = {k: config[k] for k in ("task", "dtype", "resizer", "backbone", "num_classes")}
+  fields = {k: config[k] for k in ("task", "dtype", "resizer", "backbone", "num_classes",
+                                   "normalization")}
   try:
     _builds(ml_collections.ConfigDict(fields).to_json(sort_keys=True), config.data.input_size)
   except (TypeError, ValueError, ArithmeticError) as e:  # In the words of the layer that fails.

@@ -106,7 +106,7 @@ def _as_list(images) -> list[np.ndarray]:
 
 
 # What a config saved before these fields existed meant by their absence.
-_ABSENT_MEANT = {"task": "classification",
+_ABSENT_MEANT = {"task": "classification", "normalization": "imagenet",
                  "resizer": {"formulation": "auto", "muller_pretrained": None}}
 
 

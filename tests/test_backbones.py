@@ -65,6 +65,20 @@ def test_param_count(name):
   assert _num_params(variables["params"]) == PARAM_COUNTS[name]
 
 
+def test_inception_v2s_slim_stem_keeps_the_parameter_count():
+  """TF-slim's stem (a bias for the BatchNorm's offsets, no running statistics), which its
+  converted checkpoints use: the same trainable parameters, 128 fewer statistics."""
+  counts = {}
+  for stem_batch_norm in (True, False):
+    model = get_backbone("inception_v2", num_classes=1000, stem_batch_norm=stem_batch_norm)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+    counts[stem_batch_norm] = (_num_params(variables["params"]),
+                               _num_params(variables["batch_stats"]))
+  assert counts[False] == (PARAM_COUNTS["inception_v2"], counts[True][1] - 128)
+  assert set(variables["params"]["stem_pointwise"]) == {"kernel", "bias"}
+  assert "stem_bn" not in variables["params"]
+
+
 @pytest.mark.parametrize("hw", [(32, 32), (40, 56)])
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_any_size(name, hw):

@@ -223,14 +223,14 @@ BAD_INPUTS = {
         r"features\.0\.0\.weight, "),
     "unknown backbone": (
         "torchvision", "resnet51", "resnet18",
-        r"^unknown backbone 'resnet51'; valid: densenet121, efficientnet_b0, mobilenet_v2, "
-        r"resnet50$"),
+        r"^unknown backbone 'resnet51' for --source=torchvision; valid: densenet121, "
+        r"efficientnet_b0, mobilenet_v2, resnet50$"),
     "inception_v2": (
         "torchvision", "inception_v2", "resnet18",
-        r"^backbone inception_v2 is not supported: torchvision has no Inception-v2; .* TF-slim "
-        r"inception_v2 checkpoint"),
+        r"^unknown backbone 'inception_v2' for --source=torchvision; valid: .*, resnet50 "
+        r"\(inception_v2's weights are --source=tfslim's\)$"),
     "unknown source": ("timm", "resnet50", "resnet18",
-                       r"^unknown --source 'timm'; valid: torchvision$"),
+                       r"^unknown --source 'timm'; valid: torchvision, tfslim$"),
     "no such file": ("torchvision", "resnet50", "/nowhere/resnet50.pth",
                      r"^--weights=/nowhere/resnet50\.pth: no such file$"),
     "not a state dict": ("torchvision", "mobilenet_v2", "training_checkpoint",

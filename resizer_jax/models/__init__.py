@@ -43,18 +43,39 @@ def get_backbone(name: str, num_classes: int = 1000, **kwargs) -> nn.Module:
 # Per-channel statistics of ImageNet, in [0, 255] units: inputs arrive as uint8-range pixels.
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# config.normalization: how pixels are standardised before the resizer, name -> (mean, std) per
+# channel in [0, 255] units. It is what a run's weights were trained on, so a warm start carries it
+# (resizer_jax/preflight.py). None, in a config that preflight has not resolved: the default.
+NORMALIZATIONS = {
+    "imagenet": (MEAN_RGB, STDDEV_RGB),  # Our runs' default, and torchvision's weights.
+    # pixels / 127.5 - 1, in [-1, 1]: TF-slim's Inception checkpoints (its inception_preprocessing).
+    "inception": ((127.5,) * 3, (127.5,) * 3),
+}
+DEFAULT_NORMALIZATION = "imagenet"
 
 
-def normalize(images, dtype=jnp.float32):
+def check_normalization(name: str | None) -> str:
+  """`name`, or the default for None; a one-line error for an unknown one."""
+  if name is None:
+    return DEFAULT_NORMALIZATION
+  if name not in NORMALIZATIONS:
+    raise ValueError(f"unknown config.normalization {name!r}; valid: {', '.join(NORMALIZATIONS)}")
+  return name
+
+
+def normalize(images, dtype=jnp.float32, normalization: str = DEFAULT_NORMALIZATION):
   """uint8-range RGB pixels -> per-channel standardised floats, the space the resizer works in."""
-  return (images.astype(dtype) - jnp.asarray(MEAN_RGB, dtype)) / jnp.asarray(STDDEV_RGB, dtype)
+  mean, std = NORMALIZATIONS[normalization]
+  return (images.astype(dtype) - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype)
 
 
 def resize_pixels(model: "ResizedModel", variables, pixels):
   """The model's resizer applied (eval mode) to uint8-range pixels, answered in pixel units."""
   resizer_vars = {k: v["resizer"] for k, v in variables.items() if "resizer" in v}
-  out = model.resizer.apply(resizer_vars, normalize(pixels), train=False)
-  return out * jnp.asarray(STDDEV_RGB) + jnp.asarray(MEAN_RGB)
+  out = model.resizer.apply(resizer_vars, normalize(pixels, normalization=model.normalization),
+                            train=False)
+  mean, std = NORMALIZATIONS[model.normalization]
+  return out * jnp.asarray(std) + jnp.asarray(mean)
 
 
 class ResizedModel(nn.Module):
@@ -66,9 +87,11 @@ class ResizedModel(nn.Module):
   resizer: nn.Module
   backbone: nn.Module
   dtype: Any = jnp.float32
+  normalization: str = DEFAULT_NORMALIZATION  # A name in NORMALIZATIONS.
 
   def __call__(self, images, train: bool = False):
-    return self.backbone(self.resizer(normalize(images, self.dtype), train=train), train=train)
+    x = normalize(images, self.dtype, self.normalization)
+    return self.backbone(self.resizer(x, train=train), train=train)
 
 
 def backbone_options(backbone_config) -> dict:
@@ -81,7 +104,8 @@ def backbone_options(backbone_config) -> dict:
 
 
 def from_config(config) -> ResizedModel:
-  """The model described by `config.resizer`, `config.backbone` and `config.num_classes`.
+  """The model described by `config.resizer`, `config.backbone`, `config.num_classes` and
+  `config.normalization`.
 
   `config.task` only checks the head's width here (resizer_jax/tasks.py): IQA shares the resizer and
   backbone code, and its head is the backbone's classifier with 10 outputs whose softmax is the
@@ -93,9 +117,11 @@ def from_config(config) -> ResizedModel:
   learned = dict(num_filters=r.num_filters, num_res_blocks=r.num_res_blocks,
                  formulation=r.formulation,
                  interpolation=r.interpolation, zero_init_tail=r.zero_init_tail, dtype=dtype)
+  normalization = check_normalization(config.normalization)
   # MULLER learns in [0, 1] pixels: it undoes `normalize` inside (see MullerResizer).
+  mean, std = NORMALIZATIONS[normalization]
   muller = dict(interpolation=r.interpolation, pretrained=r.muller_pretrained,
-                pixel_mean=MEAN_RGB, pixel_std=STDDEV_RGB, dtype=dtype)
+                pixel_mean=mean, pixel_std=std, dtype=dtype)
   resizer_kwargs = {"learned": learned, "control": learned, "muller": muller}.get(r.name, {})
   resizer = get_resizer(r.name, output_size=r.output_size, antialias=r.antialias,
                         **resizer_kwargs)
@@ -108,4 +134,4 @@ def from_config(config) -> ResizedModel:
       raise ValueError(f"config.backbone.{unknown[0]} is not an option of {name}; valid: "
                        f"{', '.join(valid)}")
   backbone = get_backbone(name, num_classes=config.num_classes, dtype=dtype, **options)
-  return ResizedModel(resizer=resizer, backbone=backbone, dtype=dtype)
+  return ResizedModel(resizer=resizer, backbone=backbone, dtype=dtype, normalization=normalization)

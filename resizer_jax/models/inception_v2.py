@@ -19,15 +19,21 @@ TF's), the stride-1 3x3 average pools divide by the number of real (unpadded) pi
 layer keeps ceil(size / 2) pixels, so no input collapses to an empty map (32 px ends at 1x1).
 
 With 1000 classes there are 11,178,336 trainable parameters. TF-slim's ImageNet checkpoint has 1001
-classes (class 0 is background), which adds one 1024-wide logits column and its bias: 11,179,361.
-(BatchNorm scales would add 9,952 more; the reference has none.)
+classes (class 0 is background), which adds one 1024-wide logits column and its bias: 11,179,361;
+its conversion drops class 0 (resizer_jax/convert.py), back to 11,178,336. (BatchNorm scales would
+add 9,952 more; the reference has none.)
 
-Two deliberate differences from the public TF-slim file, neither changing the parameter count:
+Two differences from the public TF-slim file, neither changing the parameter count:
   - In the public file `inception_arg_scope` sets BatchNorm only for `slim.conv2d`, so the separable
-    stem conv gets a bias and no BatchNorm; here it gets BatchNorm like every other conv (its 64
-    offsets replace the 64 biases), as BN-Inception normalises every conv.
-  - TF-slim's final pool is 7x7 VALID (the whole map at 224 px, where the map is 7x7); here it is a
-    global average, which is the same at 224 px and keeps logits a vector at every input size.
+    stem conv gets a bias and no BatchNorm; here, by default, it gets BatchNorm like every other
+    conv (its 64 offsets replace the 64 biases), as BN-Inception normalises every conv.
+    `stem_batch_norm=False` builds the public file's stem, which its checkpoints need
+    (resizer_jax/convert.py --source=tfslim): then fine-tuning trains that bias, and the stem
+    keeps no running statistics (128 fewer).
+  - TF-slim's final pool is 7x7 VALID, shrunk to the final map when that is smaller; here it is a
+    global average. They agree wherever the public file gives logits: up to 224 px (a 7x7 map) its
+    pool covers the whole map, and beyond it leaves more than 1x1, which its logits' squeeze
+    refuses. The global average keeps logits a vector at every input size.
 """
 import functools
 from typing import Any
@@ -125,6 +131,8 @@ class InceptionV2(nn.Module):
   dropout_rate: float = 0.2
   # The running statistics' decay (PyTorch's momentum is 1 - this); 0 keeps the last batch's.
   bn_momentum: float = 0.9997
+  # False: the public TF-slim file's stem, a bias and no BatchNorm (see the module docstring).
+  stem_batch_norm: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -140,8 +148,9 @@ class InceptionV2(nn.Module):
     # A separable stem: the depthwise multiplier is min(64 // 3, 8) = 8, with no norm in between.
     x = conv(8 * x.shape[-1], (7, 7), (2, 2), feature_group_count=x.shape[-1],
              kernel_init=_trunc_normal(1.0), name="stem_depthwise")(x)
-    x = conv(64, (1, 1), kernel_init=_trunc_normal(1.0), name="stem_pointwise")(x)
-    x = nn.relu(norm(name="stem_bn")(x))
+    x = conv(64, (1, 1), use_bias=not self.stem_batch_norm, kernel_init=_trunc_normal(1.0),
+             name="stem_pointwise")(x)
+    x = nn.relu(norm(name="stem_bn")(x) if self.stem_batch_norm else x)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     x = ConvBN(64, 1, conv=conv, norm=norm, kernel_init=_trunc_normal(0.1), name="conv_2b")(x)
     x = ConvBN(192, 3, conv=conv, norm=norm, name="conv_2c")(x)
