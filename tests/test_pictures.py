@@ -25,7 +25,7 @@ def test_the_panel_names_its_columns_and_labels_its_rows():
   resizer = models.MullerResizer(output_size=8, pretrained="resnet50")  # Cheaper than learned's.
   images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3)).astype(np.uint8)
   resizer_vars = jax.jit(resizer.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))
-  model = types.SimpleNamespace(resizer=resizer)
+  model = types.SimpleNamespace(resizer=resizer, normalization=models.DEFAULT_NORMALIZATION)
   variables = {k: {"resizer": v} for k, v in resizer_vars.items()}
   labels = ["cat", "score 5.43"]
   picture = pictures.panel(model, variables, images, config, labels)
