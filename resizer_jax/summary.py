@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from resizer_jax import models
+from resizer_jax import preflight
 from resizer_jax.models import resizer as resizer_lib
 
 FLAGS = flags.FLAGS
@@ -33,6 +34,7 @@ def forward_flops(module, input_shape, batch: int = 2) -> tuple[int, float]:
 
 
 def summarize(config) -> list[dict]:
+  config = preflight.resolve(config)  # num_classes, when the config leaves it to the dataset.
   model = models.from_config(config)
   size = config.data.input_size
   out_hw = resizer_lib.target_size((size, size), config.resizer.output_size)

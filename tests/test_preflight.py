@@ -51,14 +51,20 @@ def test_plan_finds_the_data_where_the_run_would_and_says_how_to_prepare_it(tmp_
   assert (f"split sizes: resizer_demo/tiny is not prepared yet in {tmp_path} ($TFDS_DATA_DIR); "
           "the run prepares it at start") in out.stdout
   assert "44 train examples: 2 steps per epoch" in out.stdout
-  # A dataset the run cannot prepare by itself: what is missing where, and the command.
+  # The AVA stand-in is written by the run too.
   out = plan_command("--config=configs/demo_iqa.py:tiny", data_dir=tmp_path)
+  assert out.returncode == 0, out.stderr
+  assert "ava/demo_tiny is not prepared yet" in out.stdout and "22 train examples" in out.stdout
+  # A dataset the run cannot prepare by itself: what is missing where, and the command.
+  out = plan_command("--config=configs/ava.py", data_dir=tmp_path)
   assert out.returncode == 2
   assert re.fullmatch(
-      rf"error: ava/demo_tiny is not prepared in {tmp_path} \(\$TFDS_DATA_DIR\) and its split sizes "
-      rf"are not known before it is; prepare it with: python -c \"import resizer_jax.data."
-      rf"input_pipeline; import tensorflow_datasets as tfds; tfds.builder\('ava/demo_tiny', "
-      rf"data_dir='{tmp_path}'\).download_and_prepare\(\)\"  \(.*\)\n", out.stderr), out.stderr
+      rf"error: ava is not prepared in {tmp_path} \(\$TFDS_DATA_DIR\) and its split sizes are not "
+      rf"known before it is; .* its manual download is not in manual_dir={tmp_path}/downloads/manual: "
+      rf"expected AVA.txt, aesthetics_image_lists/, images/ there, .* or prepare once with: python -c "
+      rf"\"import resizer_jax.data.input_pipeline; import tensorflow_datasets as tfds; "
+      rf"tfds.builder\('ava', data_dir='{tmp_path}'\).download_and_prepare\(.*\)\" \(docs/iqa.md\)  \(.*\)\n",
+      out.stderr), out.stderr
   assert os.listdir(tmp_path) == []  # A plan writes nothing.
 
 

@@ -13,6 +13,7 @@ def test_summary_separates_resizer_and_backbone_costs():
                                         "resizer=bilinear"))
   assert [r["part"] for r in learned] == ["resizer (learned)", "backbone (resnet_tiny)"]
   assert (learned[0]["input"], learned[0]["output"]) == ("64x64", "16x16")
+  assert learned[1]["output"] == "4"  # The demo's degradations: the dataset's classes.
   assert learned[0]["params"] == 12_035 and fixed[0]["params"] == 0
   # Its first 7x7 conv alone costs 2 * 64*64 * 7*7*3 * 16 FLOPs per image.
   assert learned[0]["flops"] > 2 * 64 * 64 * 147 * 16 > fixed[0]["flops"] > 0

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 from resizer_jax import results
+from resizer_jax.data import demo_ava
+from resizer_jax.data import input_pipeline
 from resizer_jax import sweep
 from resizer_jax import train
 from resizer_jax.config_args import load_config
@@ -273,7 +275,8 @@ get_config = config_args.load_module({demo!r}).get_config
 
 def sweep(add, arg=None):
   good = add(resizer="bilinear")
-  bad = add(resizer="bilinear", seed=1, **{{"config.data.eval_split": "nope"}})
+  # Passes every check before training, and diverges at its first step.
+  bad = add(resizer="bilinear", seed=1, **{{"config.optimizer.learning_rate": 1e30}})
   add(resizer="learned", init_from=good)
   add(resizer="learned", seed=1, init_from=bad)
   add(resizer="muller", **{{"config.init_from": {missing!r}}})
@@ -291,11 +294,12 @@ def test_a_staged_sweep_trains_sources_first_and_a_failure_blocks_only_what_star
   # Two workers: the second one waits for the source of the point it would take next.
   rows = sweep.run(f"{config}:tiny", str(workdir), workers=2)
   assert {r["point"]: r["state"] for r in rows} == {
-      good: "finished", bad: "failed", learned: "finished", blocked: "blocked", missing: "failed"}
+      good: "finished", bad: "nonfinite", learned: "finished", blocked: "blocked", missing: "failed"}
   assert (workdir / learned / "config.json").stat().st_mtime >= (workdir / good / "result.json").stat().st_mtime
   assert json.load(open(workdir / learned / "config.json"))["init_from"] == str(workdir / good)
   errors = {r["point"]: r.get("error") for r in rows}
-  assert "has no 'nope' split" in errors[bad]
+  assert re.match(r"step \d+: the loss or gradient norm is not finite; stopped without saving",
+                  errors[bad])
   assert errors[missing].startswith(f"init_from={tmp_path / 'gone'} holds no checkpoint")
   assert not (workdir / missing / "checkpoints").exists()  # A refused start wrote nothing.
   assert not (workdir / blocked).exists()
@@ -309,8 +313,8 @@ def test_a_staged_sweep_trains_sources_first_and_a_failure_blocks_only_what_star
                   env={**os.environ, "TFDS_DATA_DIR": data_dir})
   assert out.returncode == 2, out.stderr
   assert sorted(l.partition(": ")[2].partition(": ")[0] for l in out.stderr.splitlines()) == sorted(
-      f"point {p} {s}" for p, s in ((bad, "failed"), (blocked, "blocked"), (missing, "failed")))
-  assert "sweep: 2 finished, 2 failed, 1 blocked" in out.stdout
+      f"point {p} {s}" for p, s in ((bad, "nonfinite"), (blocked, "blocked"), (missing, "failed")))
+  assert "sweep: 2 finished, 1 failed, 1 nonfinite, 1 blocked" in out.stdout
   assert {p: p.stat().st_mtime_ns for p in workdir.rglob("checkpoints/*")} == finished
   assert not any("INFO" in l or l.startswith("I0000") for l in out.stdout.splitlines() + out.stderr.splitlines())
 
@@ -427,7 +431,14 @@ def test_a_slurm_sweep_submits_each_fine_tune_after_its_baseline_and_never_after
 
 
 def test_the_ava_table1_sweep_starts_each_baseline_from_the_imagenet_sweeps_baseline(tmp_path):
-  table = sweep.load(f"{REPO}/configs/ava.py:imagenet={tmp_path}/table1")
+  data = {"data.data_dir": str(tmp_path / "tfds")}
+  with pytest.raises(FileNotFoundError, match=r"^point 'backbone=inception_v2,resizer=bicubic,"
+                     r"seed=0': ava is not prepared in .*missing: AVA.txt, aesthetics_image_lists/"):
+    sweep.load(f"{REPO}/configs/ava.py:imagenet={tmp_path}/table1", fields=data)
+  # With the release at hand (the stand-in's, in TFDS's default manual dir), the plan counts its
+  # image lists without preparing it.
+  demo_ava.write_release(tmp_path / "tfds" / "downloads" / "manual", "tiny")
+  table = sweep.load(f"{REPO}/configs/ava.py:imagenet={tmp_path}/table1", fields=data)
   assert [p.stage for p in table.points] == [0] * 3 + [1] * 36
   base = table.points[0]
   assert base.name == "backbone=inception_v2,resizer=bicubic,seed=0"
@@ -435,6 +446,8 @@ def test_the_ava_table1_sweep_starts_each_baseline_from_the_imagenet_sweeps_base
   assert config.init_from == (f"{tmp_path}/table1/backbone=inception_v2,resizer=bilinear,input=224,"
                               "target=224,seed=0")  # The ImageNet Table 1 sweep's point.
   assert not config.init_head  # A fresh 10-way head on the ImageNet backbone.
+  train_size, eval_size, _, source = input_pipeline.split_sizes(config.data)
+  assert (train_size, eval_size) == (22, 8) and "the run prepares it at start" in source
   learned = table.points[3]
   assert (learned.init_from, sweep.point_config(table, learned, str(tmp_path)).init_head) == (
       base.name, True)

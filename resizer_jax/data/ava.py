@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from resizer_jax.data import demo
 from resizer_jax.data import demo_ava
 
 NUM_SCORES = 10
@@ -139,6 +140,19 @@ class Ava(tfds.core.GeneratorBasedBuilder):
       AvaConfig(name="demo_tiny", demo="tiny", version=DEMO_VERSION, release_notes=DEMO_NOTES,
                 description="The stand-in's tiny variant, for tests: 22 train / 8 test."),
   ]
+
+  def planned_split_sizes(self, manual_dir: str) -> dict[str, int] | None:
+    """The ids of each split's image list, before it is prepared (for a run plan): at most its
+    examples, as ids without a usable image are skipped. None without the lists in `manual_dir`."""
+    c = self.builder_config
+    if c.demo:
+      train, test = demo_ava.VARIANTS[c.demo]
+      return {"train": len(demo.TRAIN_PHOTOS) * train, "test": len(demo.TEST_PHOTOS) * test}
+    root = epath.Path(manual_dir)
+    try:
+      return {"train": len(read_list(root, c.train_list)), "test": len(read_list(root, c.test_list))}
+    except FileNotFoundError:
+      return None
 
   def _info(self):
     return self.dataset_info_from_configs(

@@ -101,8 +101,9 @@ class ResizerDemo(tfds.core.GeneratorBasedBuilder):
                  train_crops_per_photo=1, test_crops_per_photo=1),
   ]
 
-  def planned_split_sizes(self) -> dict[str, int]:
+  def planned_split_sizes(self, manual_dir: str | None = None) -> dict[str, int]:
     """The examples of each split before it is prepared (for a run plan)."""
+    del manual_dir  # Made from files at hand, not from a download.
     c = self.builder_config
     return {"train": len(TRAIN_PHOTOS) * c.train_crops_per_photo * len(DEGRADATIONS),
             "test": len(TEST_PHOTOS) * c.test_crops_per_photo * len(DEGRADATIONS)}

@@ -168,8 +168,9 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
-  def planned_split_sizes(self) -> dict[str, int]:
+  def planned_split_sizes(self, manual_dir: str | None = None) -> dict[str, int]:
     """The images of each split before it is prepared (for a run plan)."""
+    del manual_dir  # Made from files at hand, not from a download.
     return {split: len(files) for split, files in self.builder_config.files.items()}
 
   def _info(self):

@@ -479,6 +479,13 @@ def _looked_in(builder, data_config) -> str:
   return f"{builder.data_dir_root} ({why})"
 
 
+def _examples(sizes: dict[str, int], spec: str) -> int:
+  """The examples a split spec ("train", "train[95%:]", ...) reads of splits of these sizes."""
+  infos = {k: tfds.core.SplitInfo(name=k, shard_lengths=[n], num_bytes=0) for k, n in sizes.items()}
+  return sum((sizes[a.splitname] if a.to is None else a.to) - (a.from_ or 0)
+             for a in tfds.core.ReadInstruction.from_spec(spec).to_absolute(infos))
+
+
 def split_sizes(data_config) -> tuple[int, int, float | None, str]:
   """(train examples, eval examples, mean encoded bytes per train example or None, source).
 
@@ -496,11 +503,14 @@ def split_sizes(data_config) -> tuple[int, int, float | None, str]:
             train.num_bytes / max(1, train.num_examples),
             f"from the dataset prepared in {_looked_in(builder, data_config)}")
   where = _looked_in(builder, data_config)
-  if hasattr(builder, "planned_split_sizes"):  # Made here from files at hand: the run prepares it.
-    planned = builder.planned_split_sizes()
-    return (planned[train_split], planned[eval_split], None,
+  manual_dir = data_config.get("manual_dir") or os.path.join(
+      str(builder.data_dir_root), "downloads", "manual")
+  # From files at hand (the demo, an image folder, AVA's image lists): the run prepares it.
+  planned = getattr(builder, "planned_split_sizes", lambda _: None)(manual_dir)
+  if planned:
+    return (_examples(planned, train_split), _examples(planned, eval_split), None,
             f"{data_config.name} is not prepared yet in {where}; the run prepares it at start")
-  missing = _missing_manual_download(builder, data_config, data_config.get("manual_dir"))
+  missing = _missing_manual_download(builder, data_config, manual_dir)
   if name in plan.KNOWN_SPLITS:
     (train, size), (num_eval, _) = (plan.KNOWN_SPLITS[name][train_split],
                                     plan.KNOWN_SPLITS[name][eval_split])
