@@ -230,16 +230,17 @@ def test_tpu_chain_in_a_queued_resource_runs_its_steps_in_order_and_a_relaunch_s
         f"--- step 1/2: skipped: {base}/result.json exists",
         f"--- step 2/2: skipped: {tuned}/result.json exists",
         "exited with code 0: all 2 steps finished (0 run, 2 skipped)"], out[-3000:]
-    # A failing step ends the chain: the one after it never starts.
+    # A failing step ends the chain with its exit status (2: main refuses a bad config); the
+    # step after it never starts.
     out = run([*tpu, "--reuse", "--jax=cpu", f"--data_dir={data_dir}", steps[0],
                step(bad, "--config.no_such_field=1"), step(never)], env, checkout, timeout=300,
               check=False)
-    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
-    assert worker_lines(out.stdout, 0)[-1] == f"exited with code 1: step 2/3 failed ({bad})"
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    assert worker_lines(out.stdout, 0)[-1] == f"exited with code 2: step 2/3 failed ({bad})"
     assert not glob.glob(str(never / "logs" / "*.log"))
     out = run([*tpu, "--status"], env, checkout).stdout
     assert worker_lines(out, 0)[0].startswith(
-        f"exited with code 1: step 2/3 failed ({bad}); log {bad}/logs/worker-0.log: "), out
+        f"exited with code 2: step 2/3 failed ({bad}); log {bad}/logs/worker-0.log: "), out
   finally:  # The queued resource and its node, and whatever still runs there.
     if os.path.exists(tmp_path / "cloud" / "queued" / "demo"):
       run([*tpu, "--delete"], env, checkout)
