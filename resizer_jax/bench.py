@@ -13,7 +13,8 @@ batch; e.g. --config=configs/imagenet.py:input=448 --data_dir=DIR, with DIR a fa
 Variants: every --resizer (e.g. learned,bilinear: the JSON's `overhead_ratio` is the first one's
 images/s over bilinear's, same backbone, sizes, batch, dtype and devices) and, for the learned
 resizer, every --formulation of its full-resolution convolutions (models/conv.py; the JSON's
-`formulation_speedup` is each one's images/s over the first's). They compile in one process and are
+`formulation_speedup` is each one's images/s over the first's; --check first holds each one's
+output and gradients to the exact convolution, `check_vs_exact`). They compile in one process and are
 timed in turn in each of --rounds rounds, so that all sample the same background load; the
 top-level figures are the first variant's, the others are under `variants`.
 With --torch the PyTorch reference (`python -m resizer_jax.bench_torch`, same arguments, on the CPU
@@ -202,6 +203,47 @@ def setup_model(a, resizer: str, formulation: str | None):
   return exe, state, batch, compile_s, flops, xla_flops
 
 
+def check_formulations(a, formulations) -> dict:
+  """Each formulation's resizer output and gradients (image and every parameter, train mode) against
+  the plain convolution in float32 at 'highest' precision, at the bench's sizes and dtype, on a
+  batch of at most 4: {formulation: {what: max |diff| / max |truth|}}. "plain" is checked too: its
+  own error (TF32 or bfloat16 rounding on a GPU) is what the others are to be read against.
+  """
+  rng = np.random.default_rng(1)
+  n = min(a.batch, 4)
+  x = jnp.asarray(rng.standard_normal((n, a.input, a.input, 3)), jnp.float32)
+  cotangent = jnp.asarray(rng.standard_normal((n, a.output, a.output, 3)), jnp.float32)
+
+  def run(formulation, dtype):
+    config = _config(a, "learned", formulation)
+    config.dtype = dtype
+    resizer = models.from_config(config).resizer
+    variables = resizer.init(jax.random.key(0), x[:1])
+
+    def forward(params, x):
+      out, _ = resizer.apply({**variables, "params": params}, x, train=True,
+                             mutable=["batch_stats"])
+      return out.astype(jnp.float32)
+
+    @jax.jit
+    def outputs(params, x):
+      out, vjp = jax.vjp(forward, params, x)
+      return {"output": out, **dict(zip(("params_grad", "image_grad"), vjp(cotangent)))}
+    return outputs(variables["params"], x)
+
+  with jax.default_matmul_precision("highest"):
+    truth = run("plain", "float32")
+
+  def error(got, want):
+    # Each array's error relative to its own size, or to a thousandth of the largest where its true
+    # value is (near) zero, as the gradient of a bias that BatchNorm follows is.
+    floor = 1e-3 * max(float(jnp.max(jnp.abs(t))) for t in jax.tree.leaves(want))
+    return max(float(jnp.max(jnp.abs(g - t))) / max(float(jnp.max(jnp.abs(t))), floor)
+               for g, t in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+  return {f: {what: round(error(got[what], truth[what]), 7) for what in truth}
+          for f, got in ((f, run(f, a.dtype)) for f in formulations)}
+
+
 def model_result(a, resizer, formulation, step_times, compile_s, flops, xla_flops, peak) -> dict:
   step_s = statistics.median(step_times)
   peak, peak_source = peak
@@ -346,13 +388,17 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=5, help="timed steps per round")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--rounds", type=int, default=1,
-                 help="alternate this many timings of each variant (and runs of the reference)")
+                 help="alternate this many timings of each variant (and runs of the reference); "
+                 "0 with --check: the check alone")
   p.add_argument("--config", default="configs/demo.py", help="for --workload=input")
   p.add_argument("--data_dir", help="for --workload=input: overrides the config's data.data_dir")
   p.add_argument("--manual_dir", help="for --workload=input: overrides data.manual_dir")
   p.add_argument("--imagenet_config", default="configs/imagenet.py", help="for resizer/train")
   p.add_argument("--torch", action="store_true",
                  help="also run the PyTorch reference (python -m resizer_jax.bench_torch), same args")
+  p.add_argument("--check", action="store_true",
+                 help="first check each formulation's resizer output and gradients against the "
+                 "plain convolution at float32 'highest' precision (the JSON's check_vs_exact)")
   p.add_argument("--out", help="append one JSON line per variant to this file (JSON Lines), the "
                  "throughput records of `python -m resizer_jax.sweep --plan --throughput=FILE`")
   argv = sys.argv[1:] if argv is None else list(argv)
@@ -385,7 +431,22 @@ def main(argv=None):
   except ValueError as e:
     p.error(str(e))
 
+  if a.rounds < (0 if a.check else 1):
+    p.error(f"--rounds={a.rounds}: at least 1 (0 only with --check: the check alone)")
   load_before = os.getloadavg()
+  checked = {}
+  if a.check:
+    formulated = [f for r, f in todo if f is not None]
+    if not formulated:
+      p.error("--check compares the learned resizer's formulations; --resizer has none of "
+              f"{', '.join(FORMULATED)}")
+    checked = {"check_vs_exact": check_formulations(a, list(dict.fromkeys(formulated)))}
+    if a.rounds == 0:  # The check alone.
+      result = dict(workload=a.workload, input=a.input, output=a.output, dtype=a.dtype,
+                    device_kind=jax.devices()[0].device_kind, **checked)
+      print(json.dumps(result))
+      return result
+    print(json.dumps(checked), file=sys.stderr, flush=True)  # Before minutes of timing.
   runs = [setup_model(a, resizer, formulation) for resizer, formulation in todo]
   states = [state for _, state, *_ in runs]
   rounds = [[] for _ in runs]
@@ -412,7 +473,7 @@ def main(argv=None):
                            "flops_per_image", "xla_flops_per_image", "mfu")} |
         {"images_per_s_by_round": [round(x, 3) for x in ips]}
         for r, ips in zip(results, by_round)]
-  result.update(comparisons(todo, results, by_round, torch_runs))
+  result.update(comparisons(todo, results, by_round, torch_runs), **checked)
   result.update(loadavg_before=round(load_before[0], 2), loadavg_after=round(os.getloadavg()[0], 2),
                 cpus=os.cpu_count())
   print(json.dumps(result))

@@ -143,6 +143,24 @@ def test_bench_times_resizers_and_formulations_in_turn_each_round_with_the_refer
       bilinear["images_per_s"] / 8.0, abs=2e-3)
 
 
+def test_bench_check_holds_each_formulation_to_the_exact_convolution_and_catches_a_wrong_one(
+    monkeypatch):
+  """`--check --rounds=0`: the check alone, as docs/gpu/run.sh runs it on a GPU first."""
+  args = ["--workload=resizer", "--input=40", "--output=20", "--batch=2", "--check",
+          "--rounds=0", f"--imagenet_config={REPO}/configs/imagenet.py"]
+  r = bench.main([*args, "--formulation=plain,s2d,pad8"])
+  assert list(r["check_vs_exact"]) == ["plain", "s2d", "pad8"]
+  for formulation, errors in r["check_vs_exact"].items():
+    assert set(errors) == {"output", "params_grad", "image_grad"}
+    assert max(errors.values()) < 1e-4, (formulation, errors)
+  # A formulation that flips the kernel (a plausible rearrangement bug) is far off, in the output
+  # and in the gradients.
+  flipped = lambda lhs, rhs, *a, **k: jax.lax.conv_general_dilated(lhs, rhs[::-1, ::-1], *a, **k)
+  monkeypatch.setitem(conv.FORMULATIONS, "pad4", flipped)
+  r = bench.main([*args, "--formulation=pad4"])
+  assert min(r["check_vs_exact"]["pad4"].values()) > 0.1, r["check_vs_exact"]
+
+
 @pytest.mark.parametrize("args,error", [
     (["--resizer=learned,bicubc"], "unknown resizer 'bicubc'"),
     (["--workload=resizer", "--resizer=bilinear"], "bilinear has no parameters"),
@@ -150,6 +168,9 @@ def test_bench_times_resizers_and_formulations_in_turn_each_round_with_the_refer
     (["--formulation=plain,fast"], "unknown resizer formulation 'fast'; valid: auto, plain"),
     (["--formulation=plain,fused"], "formulation 'fused' runs in Pallas' interpret mode on the "
      "CPU (for tests), far slower than any other; time it on a GPU, or pick from: plain, s2d"),
+    (["--rounds=0"], "--rounds=0: at least 1 (0 only with --check: the check alone)"),
+    (["--resizer=bilinear", "--check"], "--check compares the learned resizer's formulations; "
+     "--resizer has none of learned, control"),
 ])
 def test_bench_refuses_what_it_cannot_time_in_one_line(args, error, capsys):
   with pytest.raises(SystemExit):

@@ -131,9 +131,10 @@ FORMULATIONS = {
 }
 # What "auto" picks, by platform: the fastest formulation as measured by the bench. CPU: the plain
 # convolution (2-core x86, 2026-12-02: space-to-depth 0.61x, pad4 1.0x, pad8 0.82x on the resizer
-# step; docs/performance.md). GPU and TPU: not measured yet, so the plain convolution until a run
-# there (docs/gpu/run.sh) says otherwise.
-AUTO_FORMULATION = {"cpu": "plain", "gpu": "plain", "tpu": "plain"}
+# step). GPU: space-to-depth (one H200, 2026-12-04, bfloat16, batch 256: 2.16x plain on the resizer
+# step, the fused stem 0.40x; tensor cores take its 12 -> 64 channels, not the stem's 3 -> 16).
+# TPU: not measured, so the plain convolution. docs/performance.md has the tables.
+AUTO_FORMULATION = {"cpu": "plain", "gpu": "s2d", "tpu": "plain"}
 
 
 def resolve_formulation(name: str, platform: str) -> str:
