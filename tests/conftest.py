@@ -3,6 +3,9 @@
 The suite trains the same small programs many times, in this process and in the subprocesses it
 starts (which inherit the environment): JAX's persistent compilation cache, in a directory new for
 each session, compiles each of them once. A cache hit is the same executable a compile would give.
+Only programs that take a while to compile are kept: the eager ops of module inits and unit tests
+compile in milliseconds, hundreds per test, and kept they grew the directory that every cache write
+scans to tens of thousands of files, tripling late tests' times.
 """
 import atexit
 import os
@@ -21,7 +24,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
   # The size limit turns on JAX's file lock: the processes of a multi-process run compile the same
   # programs at once, and one must not read an entry another is still writing.
-  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
                     JAX_COMPILATION_CACHE_MAX_SIZE=str(1 << 40))
 
 # Once TensorFlow is loaded, importing triton (torchvision -> torch._dynamo -> triton) segfaults in
