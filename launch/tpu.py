@@ -129,6 +129,8 @@ VERSIONS_DOC = ("Cloud TPU's software versions: tpu-ubuntu2204-base for v2-v4, v
 # Queued-resource states (QueuedResourceState.State) in which a request may still be granted.
 QUEUED_PENDING = ("CREATING", "ACCEPTED", "PROVISIONING", "WAITING_FOR_RESOURCES")
 DESCRIBE_TRIES = 5  # Consecutive failed describes before the wait gives up (a network blip).
+DESCRIBE_WAIT_S = 2  # The first wait between describes of a queued resource, doubled up to 30.
+DESCRIBE_WAIT_ENV = "RESIZER_JAX_TPU_DESCRIBE_WAIT_S"  # For tests only: another first wait.
 
 
 class Exit(Exception):
@@ -713,13 +715,13 @@ class Launcher:
       if state is not None:
         return state
       say(f"queued resource {self.name}: describe failed ({error}); trying again")
-      time.sleep(2)
+      time.sleep(float(os.environ.get(DESCRIBE_WAIT_ENV, DESCRIBE_WAIT_S)))
     say(f"queued resource {self.name}: {DESCRIBE_TRIES} describes failed, the last: {error}; "
         "nothing created: launch again")
     raise Exit(1)
 
   def wait_queued(self):
-    wait_s, failures = 2, 0
+    wait_s, failures = float(os.environ.get(DESCRIBE_WAIT_ENV, DESCRIBE_WAIT_S)), 0
     gone = (f"delete it with {self.delete_command(True)}, then launch again (finished steps "
             "are skipped)")
     ends = {

@@ -79,9 +79,12 @@ def env(base_env, tmp_path):
   os.makedirs(tmp_path / "home")
   # The config check (resizer_jax.main --plan, seconds each) off: the tests of the cloud steps use
   # valid configs; test_tpu_launch_checks_each_runs_config_before_anything_is_created runs it.
+  # Queued resources are described every 0.1 s at first, not 2 s: the stand-in's states change by
+  # the clock (STANDIN_QUEUED_WAIT_S), not by the count of describes.
   return dict(base_env, STANDIN_ROOT=str(tmp_path / "cloud"), HOME=str(tmp_path / "home"),
               STANDIN_GCLOUD_ACCOUNT="someone@example.com", STANDIN_GCLOUD_PROJECT="a-project",
-              RESIZER_JAX_TPU_CHECK_CONFIG="0", RESIZER_JAX_PYTHON=sys.executable)
+              RESIZER_JAX_TPU_CHECK_CONFIG="0", RESIZER_JAX_PYTHON=sys.executable,
+              RESIZER_JAX_TPU_DESCRIBE_WAIT_S="0.1")
 
 
 @pytest.fixture

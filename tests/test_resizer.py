@@ -48,10 +48,12 @@ def test_any_output_size_down_or_up(in_hw, kwargs, out_hw):
   x = jax.random.normal(jax.random.key(1), (2, *in_hw, 3))
   for module in (models.LearnedResizer(**kwargs, num_filters=4),
                  models.FixedResizer(**kwargs, method="bicubic")):
-    variables = module.init(jax.random.key(0), x)
-    y, _ = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    # Jitted: one compile each, not one per op (shapes are all this test reads).
+    variables = jax.jit(module.init)(jax.random.key(0), x)
+    y, _ = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, x)
     assert y.shape == (2, *out_hw, 3)
-    assert module.apply(variables, x, train=False).shape == (2, *out_hw, 3)
+    assert jax.jit(module.apply)(variables, x).shape == (2, *out_hw, 3)
 
 
 @pytest.mark.parametrize("method", ["bilinear", "bicubic", "lanczos3", "nearest"])
@@ -77,11 +79,11 @@ def test_zero_init_tail_starts_as_the_baseline_resize(method, antialias):
     ((17, 9), (40, 31), False), ((20, 30), (34, 51), True), ((64, 64), (8, 8), True)])
 def test_bilinear_matches_jax_image_resize_values_and_gradients(in_hw, out_hw, antialias):
   x = jax.random.normal(jax.random.key(5), (2, *in_hw, 4))
-  ours = lambda x: resizer_lib.resize(x, out_hw, "bilinear", antialias)
-  theirs = lambda x: jax.image.resize(x, (2, *out_hw, 4), "bilinear", antialias=antialias)
+  ours = jax.jit(lambda x: resizer_lib.resize(x, out_hw, "bilinear", antialias))
+  theirs = jax.jit(lambda x: jax.image.resize(x, (2, *out_hw, 4), "bilinear", antialias=antialias))
   np.testing.assert_allclose(ours(x), theirs(x), rtol=0, atol=1e-6)
   probe = jax.random.normal(jax.random.key(6), (2, *out_hw, 4))
-  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * probe))(x)
+  grad = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(f(x) * probe)))(x)
   np.testing.assert_allclose(grad(ours), grad(theirs), rtol=0, atol=1e-5)
 
 
@@ -138,15 +140,16 @@ def test_capacity_control_has_the_same_layers_applied_at_the_target():
   x = jax.random.uniform(jax.random.key(7), (2, 48, 40, 3))
   learned = models.get_resizer("learned", output_size=(12, 10), antialias=False)
   control = models.get_resizer("control", output_size=(12, 10), antialias=False)
-  v_learned, v_control = learned.init(jax.random.key(0), x), control.init(jax.random.key(0), x)
+  v_learned, v_control = (jax.jit(m.init)(jax.random.key(0), x) for m in (learned, control))
   assert jax.tree.map(jnp.shape, v_learned) == jax.tree.map(jnp.shape, v_control)
   assert _count(v_control["params"]) == 12_035
   # Same weights, but the control's first conv never sees the full-resolution pixels: it equals
   # the learned resizer run on the already-downscaled image.
   small = models.FixedResizer(output_size=(12, 10)).apply({}, x)
-  np.testing.assert_allclose(control.apply(v_learned, x), learned.apply(v_learned, small),
+  control_apply, learned_apply = jax.jit(control.apply), jax.jit(learned.apply)
+  np.testing.assert_allclose(control_apply(v_learned, x), learned_apply(v_learned, small),
                              rtol=1e-5, atol=1e-5)
-  assert np.abs(control.apply(v_learned, x) - learned.apply(v_learned, x)).max() > 1e-3
+  assert np.abs(control_apply(v_learned, x) - learned_apply(v_learned, x)).max() > 1e-3
 
 
 @pytest.mark.parametrize("train", [True, False])
