@@ -133,6 +133,10 @@ DESCRIBE_WAIT_S = 2  # The first wait between describes of a queued resource, do
 DESCRIBE_WAIT_ENV = "RESIZER_JAX_TPU_DESCRIBE_WAIT_S"  # For tests only: another first wait.
 
 
+def first_describe_wait() -> float:
+  return float(os.environ.get(DESCRIBE_WAIT_ENV, DESCRIBE_WAIT_S))
+
+
 class Exit(Exception):
   def __init__(self, code):
     super().__init__(code)
@@ -715,13 +719,13 @@ class Launcher:
       if state is not None:
         return state
       say(f"queued resource {self.name}: describe failed ({error}); trying again")
-      time.sleep(float(os.environ.get(DESCRIBE_WAIT_ENV, DESCRIBE_WAIT_S)))
+      time.sleep(first_describe_wait())
     say(f"queued resource {self.name}: {DESCRIBE_TRIES} describes failed, the last: {error}; "
         "nothing created: launch again")
     raise Exit(1)
 
   def wait_queued(self):
-    wait_s, failures = float(os.environ.get(DESCRIBE_WAIT_ENV, DESCRIBE_WAIT_S)), 0
+    wait_s, failures = first_describe_wait(), 0
     gone = (f"delete it with {self.delete_command(True)}, then launch again (finished steps "
             "are skipped)")
     ends = {
