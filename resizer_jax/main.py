@@ -56,18 +56,17 @@ def _start_distributed():
 
 def print_plan(config):
   from resizer_jax import preflight  # pylint: disable=g-import-not-at-top
-  from resizer_jax import train  # pylint: disable=g-import-not-at-top
   devices = FLAGS.devices or jax.device_count()
   checked = preflight.check(config, num_devices=devices, num_processes=FLAGS.processes,
                             platform=FLAGS.platform)
-  print(train.describe(checked.config))
+  print(preflight.describe(checked.config))
   print(f"plan for {devices} {FLAGS.platform} devices, {FLAGS.processes} processes:")
   for line in [f"split sizes: {checked.data}", *checked.plan.lines()]:
     print("  " + line)
 
 
 def main(argv):
-  with cli.command(argv) as verbose:
+  with cli.command(argv, tensorflow=not FLAGS.plan) as verbose:
     if FLAGS.plan:
       print_plan(FLAGS.config)
       return

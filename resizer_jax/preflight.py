@@ -26,6 +26,7 @@ from resizer_jax import models
 from resizer_jax import nonfinite
 from resizer_jax import plan as plan_lib
 from resizer_jax import tasks
+from resizer_jax.data import input_pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,6 @@ def resolve(config, workdir: str | None = None) -> ml_collections.ConfigDict:
     checkpoint's when it resumes (without an init_from too: the model signature that refuses a
     resume of another backbone predates this field); else the default (models.NORMALIZATIONS).
   """
-  from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow.
   config = config.copy_and_resolve_references()
   builder = input_pipeline.get_builder(config.data, config.num_classes, config.task, prepare=False)
   with config.unlocked():
@@ -120,7 +120,6 @@ def check_model(config):
 def check(config, *, num_devices: int | None = None, num_processes: int = 1,
           platform: str = "cpu", workdir: str | None = None) -> Checked:
   """Everything above; with `num_devices`, also the run plan on that hardware."""
-  from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow.
   config = resolve(config, workdir)
   check_model(config)
   num_train, num_eval, size, source = input_pipeline.split_sizes(config.data)
@@ -128,3 +127,12 @@ def check(config, *, num_devices: int | None = None, num_processes: int = 1,
       config, num_devices=num_devices, num_processes=num_processes, num_train=num_train,
       num_eval=num_eval, platform=platform, bytes_per_example=size)
   return Checked(config=config, plan=plan, data=source)
+
+
+def describe(config) -> str:
+  """The config in one line."""
+  r, data = config.resizer, config.data
+  out = r.output_size
+  out = "x".join(map(str, out)) if isinstance(out, (tuple, list)) else out
+  return (f"{r.name} resizer {data.input_size} px -> {out} px, {config.backbone.name}, "
+          f"{config.task} on {data.name} ({config.num_classes} classes)")

@@ -659,7 +659,8 @@ def _print_dry_run(sweep: Sweep, workdir: str):
 
 
 def main(argv):
-  with cli.command(argv):
+  trains = not (FLAGS.plan or FLAGS.dry_run or FLAGS.collect or FLAGS.launch != "local")
+  with cli.command(argv, tensorflow=trains):
     workdir = FLAGS.workdir if "://" in FLAGS.workdir else os.path.abspath(FLAGS.workdir)
     config = config_flags.get_config_filename(FLAGS["config"])
     fields = config_flags.get_override_values(FLAGS["config"])

@@ -210,15 +210,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _train_and_evaluate(config, workdir, preempted)
 
 
-def describe(config) -> str:
-  """The config in one line."""
-  r, data = config.resizer, config.data
-  out = r.output_size
-  out = "x".join(map(str, out)) if isinstance(out, (tuple, list)) else out
-  return (f"{r.name} resizer {data.input_size} px -> {out} px, {config.backbone.name}, "
-          f"{config.task} on {data.name} ({config.num_classes} classes)")
-
-
 def _train_and_evaluate(config, workdir, preempted) -> dict:
   # A copy (data.num_shards is set below), with what the data and a warm start's weights decide;
   # the model and options are checked before any data is read (resizer_jax/preflight.py).
@@ -305,7 +296,7 @@ def _train_and_evaluate(config, workdir, preempted) -> dict:
                              config.to_json_best_effort(indent=2))
   params = sum(x.size for x in jax.tree.leaves(abstract.params))
   resizer_params = sum(x.size for x in jax.tree.leaves(abstract.params.get("resizer", {})))
-  say(f"{describe(config)}; {params:,} parameters ({resizer_params:,} in the resizer)")
+  say(f"{preflight.describe(config)}; {params:,} parameters ({resizer_params:,} in the resizer)")
   say(f"workdir {workdir}: " + (f"resuming at step {start_step}" if start_step else "new run"))
   if warm_started:
     say(f"  backbone{'' if config.init_head else ' (not its head)'} from {config.init_from}; the "

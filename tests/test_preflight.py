@@ -44,6 +44,23 @@ def test_plan_refuses_what_the_run_would_in_one_line(args, message, tmp_path):
   assert out.stdout == ""
 
 
+def test_a_plan_or_a_refusal_never_loads_tensorflow(data_dir, tmp_path):
+  """The launchers run a plan per run before they create anything: it takes the seconds of JAX's
+  import, not TensorFlow's too. A prepared dataset's sizes, an unprepared one's, and refusals."""
+  probe = ("import atexit, runpy, sys; atexit.register(lambda: print('tensorflow loaded:', "
+           "'tensorflow.python' in sys.modules)); sys.argv[0] = 'main'; "
+           "runpy.run_module('resizer_jax.main', run_name='__main__')")
+  for args, data, says in [
+      (["--config=configs/demo.py:tiny"], data_dir, "44 train examples: 2 steps per epoch"),
+      (["--config=configs/demo_iqa.py:tiny"], tmp_path, "22 train examples"),
+      (["--config=configs/imagenet.py:backbone=resnet5"], tmp_path, "unknown backbone 'resnet5'"),
+      (["--config=configs/ava.py"], tmp_path, "ava is not prepared in")]:
+    out = subprocess.run([sys.executable, "-c", probe, "--plan", *args], cwd=REPO, text=True,
+                         env=dict(os.environ, TFDS_DATA_DIR=str(data)), capture_output=True)
+    assert says in out.stdout + out.stderr, out.stderr
+    assert out.stdout.splitlines()[-1] == "tensorflow loaded: False", args
+
+
 def test_plan_finds_the_data_where_the_run_would_and_says_how_to_prepare_it(tmp_path):
   # The demo before it is built: a plan, from the sizes the run will prepare, naming where.
   out = plan_command("--config=configs/demo.py:tiny", "--devices=2", data_dir=tmp_path)

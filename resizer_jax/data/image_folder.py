@@ -32,7 +32,6 @@ import re
 from absl import logging
 from etils import epath
 from PIL import Image
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from resizer_jax.data import ava
@@ -59,8 +58,8 @@ def _hidden(relative: str) -> bool:
 
 
 def _entries(path: str) -> list[str]:
-  return sorted(e.rstrip("/") + ("/" if tf.io.gfile.isdir(os.path.join(path, e)) else "")
-                for e in tf.io.gfile.listdir(path) if not e.startswith("."))
+  return sorted(e.name + ("/" if e.is_dir() else "")
+                for e in epath.Path(path).iterdir() if not e.name.startswith("."))
 
 
 def _found(path: str) -> str:
@@ -72,7 +71,7 @@ def _found(path: str) -> str:
 def _images(class_dir: str) -> list[str]:
   """The image files under `class_dir`, as sorted paths relative to it."""
   found = []
-  for top, _, names in tf.io.gfile.walk(class_dir):
+  for top, _, names in epath.Path(class_dir).walk():
     for name in names:
       relative = os.path.relpath(os.path.join(top, name), class_dir).replace(os.sep, "/")
       if not _hidden(relative) and os.path.splitext(name)[1].lower() in EXTENSIONS:
@@ -102,11 +101,11 @@ def scan(path: str, wanted: dict | None = None) -> FolderConfig:
   if not path:
     raise ValueError(f"data.name={PREFIX!r} names no folder; expected {PREFIX}PATH")
   root = path if "://" in path else os.path.abspath(os.path.expanduser(path))
-  if not tf.io.gfile.isdir(root):
+  if not epath.Path(root).is_dir():
     raise FileNotFoundError(f"data.name={PREFIX}{path}: no directory {root}; expected a folder "
                             f"holding {TRAIN}/ and {' or '.join(f'{s}/' for s in EVAL_SPLITS)}, "
                             "with one sub-folder per class in each")
-  splits = [s for s in (TRAIN, *EVAL_SPLITS) if tf.io.gfile.isdir(os.path.join(root, s))]
+  splits = [s for s in (TRAIN, *EVAL_SPLITS) if epath.Path(root, s).is_dir()]
   if TRAIN not in splits or len(splits) < 2:
     missing = f"{TRAIN}/" if TRAIN not in splits else " or ".join(f"{s}/" for s in EVAL_SPLITS)
     raise ValueError(f"{root} has no {missing} ({_found(root)}); expected {TRAIN}/ and "
@@ -135,9 +134,9 @@ def scan(path: str, wanted: dict | None = None) -> FolderConfig:
                          "(.jpg, .png or another extension PIL reads) in every class folder")
       for image in images:
         relative = f"{split}/{name}/{image}"
-        stat = tf.io.gfile.stat(os.path.join(root, relative))
+        stat = epath.Path(root, relative).stat()
         files[split].append((relative, label))
-        lines.append(f"{relative}\t{stat.length}\t{stat.mtime_nsec // 10**9}\n")
+        lines.append(f"{relative}\t{stat.length}\t{stat.mtime}\n")
   digest = hashlib.sha256(root.encode()).hexdigest()[:10]
   slug = re.sub(r"[^A-Za-z0-9]+", "_", os.path.basename(root.rstrip("/"))).strip("_") or "folder"
   return FolderConfig(

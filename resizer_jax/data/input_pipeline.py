@@ -35,11 +35,16 @@ import difflib
 import math
 import os
 
+from etils import epath
+from etils import epy
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
+
+# TensorFlow loads (seconds) when the pipeline first uses it: a plan or a refusal never does.
+with epy.lazy_imports():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from resizer_jax import plan
 from resizer_jax import tasks
@@ -105,8 +110,8 @@ def _missing_manual_download(builder, data_config, manual_dir) -> str | None:
   manual_dir = manual_dir or os.path.join(data_dir, "downloads", "manual")
 
   def exists(name):
-    path = os.path.join(manual_dir, name)
-    return tf.io.gfile.isdir(path) if name.endswith("/") else tf.io.gfile.exists(path)
+    path = epath.Path(manual_dir, name)
+    return path.is_dir() if name.endswith("/") else path.exists()
 
   if builder.name in MANUAL_FILES:
     required, optional = MANUAL_FILES[builder.name]
@@ -116,7 +121,7 @@ def _missing_manual_download(builder, data_config, manual_dir) -> str | None:
     expected = ", ".join(required) + (f" and, for the train split, {', '.join(optional)}"
                                       if optional else "")
   else:  # A dataset we do not know the files of: TFDS needs at least something there.
-    if tf.io.gfile.isdir(manual_dir) and tf.io.gfile.listdir(manual_dir):
+    if epath.Path(manual_dir).is_dir() and any(epath.Path(manual_dir).iterdir()):
       return None
     missing = ["all of it (the directory is absent or empty)"]
     expected = " ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())[:300]
