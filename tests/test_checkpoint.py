@@ -19,6 +19,10 @@ from resizer_jax import models
 from resizer_jax import train
 
 
+# Under pytest-xdist, this module's tests run on one worker, which trains bilinear_run once.
+pytestmark = pytest.mark.xdist_group("bilinear_run")
+
+
 @pytest.fixture(scope="module")
 def bilinear_run(data_dir, tmp_path_factory):
   """A baseline trained with a fixed resizer on 8 devices: what the paper warm-starts from."""

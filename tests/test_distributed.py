@@ -85,6 +85,7 @@ def _launch(workdir, data_dir, stop_after_first_log=False):
                              f"--workdir={workdir}"], on_line=on_line, timeout=300)
 
 
+@pytest.mark.slow  # Second tier (.ci/run): a real bootstrap or a long rehearsal.
 def test_two_processes_over_gloo_train_as_one_and_survive_preemption(tiny_run, data_dir, tmp_path):
   """2 processes x 4 devices, preempted by SIGTERM after the first logged step and rerun, end like the
   uninterrupted 1 process x 8 devices run: the same global batches, parameters and metrics."""

@@ -71,6 +71,10 @@ def _config(data_dir):
                      checkpoint_every_steps=1, max_checkpoints_to_keep=None)
 
 
+# Under pytest-xdist, this module's tests run on one worker, which trains stable_run once.
+pytestmark = pytest.mark.xdist_group("stable_run")
+
+
 @pytest.fixture(scope="module")
 def stable_run(data_dir, tmp_path_factory):
   """(workdir, final metrics) of the tiny demo with the EMA and recomputed statistics."""

@@ -154,6 +154,7 @@ def test_mean_ci_is_the_t_interval():
   assert math.isnan(results.mean_ci([0.5])[1])
 
 
+@pytest.mark.slow  # Second tier (.ci/run): a real bootstrap or a long rehearsal.
 def test_tiny_sweep_trains_reruns_without_retraining_and_aggregates(data_dir, tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
   workdir = str(tmp_path)
@@ -283,6 +284,7 @@ def sweep(add, arg=None):
 """
 
 
+@pytest.mark.slow  # Second tier (.ci/run): a real bootstrap or a long rehearsal.
 def test_a_staged_sweep_trains_sources_first_and_a_failure_blocks_only_what_starts_from_it(
     data_dir, tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
