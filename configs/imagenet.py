@@ -29,8 +29,9 @@ Table 1 (ImageNet rows) as one staged sweep (`sweep` below; docs/launch.md for t
       --launch=tpu --launch_args=--zone=us-central2-b,--accelerator=v4-32   # then --collect
   # One row: --grid is not for staged sweeps; give the row's backbone instead:
   python -m resizer_jax.sweep --config=configs/imagenet.py:table1=resnet50 --workdir=... --dry_run
-  # The rehearsal on a CPU (fake ILSVRC, tests/test_table1.py):
-  python -m resizer_jax.sweep --config=configs/imagenet.py:tiny --workdir=runs/table1_tiny \
+  # The rehearsal of one row on a CPU (fake ILSVRC, tests/test_table1.py):
+  python -m resizer_jax.sweep --config=configs/imagenet.py:tiny,table1=mobilenet_v2 \
+      --workdir=runs/table1_tiny \
       --config.data.data_dir=DIR --config.data.manual_dir=MANUAL
 
 Sweep arguments: table1=all|<backbone>[+<backbone>...], seeds=3 (fine-tune seeds), baselines=1
@@ -117,12 +118,14 @@ def sweep(add, arg=None):
   the resizer from them). Then, per seed and from that baseline, a fine-tune at each of `inputs`
   -> 224 of: the learned resizer; bilinear, fine-tuned for the same epochs (extra training is not
   credited to the resizer); the capacity control (the same layers after the bilinear downscale);
-  MULLER. `tiny`: resnet_tiny and mobilenet_v2, learned and bilinear fine-tunes, 2 seeds, 64 -> 32
-  px (baselines at 32 -> 32).
+  MULLER. `tiny`: resnet_tiny and mobilenet_v2 (or table1's backbones), learned and bilinear
+  fine-tunes, 2 seeds, 64 -> 32 px (baselines at 32 -> 32).
   """
   a = config_args.parse_arg(arg, tiny=False, **SWEEP_ARGS)
-  backbones = ("resnet_tiny", "mobilenet_v2") if a["tiny"] else (
-      tuple(PAPER) if a["table1"] == "all" else tuple(a["table1"].split("+")))
+  if a["table1"] != "all":
+    backbones = tuple(a["table1"].split("+"))
+  else:
+    backbones = ("resnet_tiny", "mobilenet_v2") if a["tiny"] else tuple(PAPER)
   seeds = 2 if a["tiny"] and a["seeds"] == SWEEP_ARGS["seeds"] else a["seeds"]
   target = 32 if a["tiny"] else 224
   inputs = (64,) if a["tiny"] else tuple(int(i) for i in a["inputs"].split("+"))

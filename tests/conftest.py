@@ -8,6 +8,7 @@ compile in milliseconds, hundreds per test, and kept they grew the directory tha
 scans to tens of thousands of files, tripling late tests' times.
 """
 import atexit
+import json
 import os
 import pathlib
 import shutil
@@ -37,14 +38,30 @@ sys.modules.setdefault("triton", None)
 import pytest  # pylint: disable=g-import-not-at-top
 
 
+def _once(tmp_path_factory, name, build):
+  """`build()`'s JSON-able result, built by one process of the session: pytest-xdist's workers each
+  run session fixtures, and these are minutes of the suite. The first worker to get here builds,
+  the others wait for it and read its result (paths into its temp dir, which outlives the session)."""
+  if "PYTEST_XDIST_WORKER" not in os.environ:
+    return build()
+  import filelock  # pylint: disable=g-import-not-at-top
+  result = tmp_path_factory.getbasetemp().parent / f"{name}.json"
+  with filelock.FileLock(f"{result}.lock"):
+    if not result.is_file():
+      result.write_text(json.dumps(build()))
+    return json.loads(result.read_text())
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """A TFDS data dir holding the `resizer_demo/tiny` build, built once through the real builder."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from resizer_jax.data import demo  # pylint: disable=g-import-not-at-top,unused-import
-  path = str(tmp_path_factory.mktemp("tfds"))
-  tfds.builder("resizer_demo/tiny", data_dir=path).download_and_prepare()
-  return path
+  def build():
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    from resizer_jax.data import demo  # pylint: disable=g-import-not-at-top,unused-import
+    path = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("resizer_demo/tiny", data_dir=path).download_and_prepare()
+    return path
+  return _once(tmp_path_factory, "data_dir", build)
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +74,10 @@ def tiny_run(data_dir, tmp_path_factory):
   from helpers import demo_config  # pylint: disable=g-import-not-at-top
   from resizer_jax import train  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 8
-  workdir = str(tmp_path_factory.mktemp("tiny_run"))
-  return workdir, train.train_and_evaluate(demo_config(data_dir), workdir)
+  def build():
+    workdir = str(tmp_path_factory.mktemp("tiny_run"))
+    return workdir, train.train_and_evaluate(demo_config(data_dir), workdir)
+  return tuple(_once(tmp_path_factory, "tiny_run", build))
 
 
 @pytest.fixture(scope="session")
@@ -69,14 +88,16 @@ def fake_imagenet(tmp_path_factory):
   from resizer_jax.config_args import load_config  # pylint: disable=g-import-not-at-top
   from resizer_jax.data import imagenet_fixture  # pylint: disable=g-import-not-at-top
   from resizer_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp("fake_imagenet")
-  manual, num_val = str(root / "manual"), 32
-  imagenet_fixture.write_manual_dir(manual, num_classes=8, train_per_class=8, num_val=num_val,
-                                    min_side=48, max_side=96)
-  data = load_config(f"{REPO}/configs/imagenet.py").data
-  data.data_dir, data.manual_dir = str(root / "tfds"), manual
-  input_pipeline.get_builder(data, 1000)
-  return dict(data_dir=data.data_dir, manual_dir=manual, num_val=num_val)
+  def build():
+    root = tmp_path_factory.mktemp("fake_imagenet")
+    manual, num_val = str(root / "manual"), 32
+    imagenet_fixture.write_manual_dir(manual, num_classes=8, train_per_class=8, num_val=num_val,
+                                      min_side=48, max_side=96)
+    data = load_config(f"{REPO}/configs/imagenet.py").data
+    data.data_dir, data.manual_dir = str(root / "tfds"), manual
+    input_pipeline.get_builder(data, 1000)
+    return dict(data_dir=data.data_dir, manual_dir=manual, num_val=num_val)
+  return _once(tmp_path_factory, "fake_imagenet", build)
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

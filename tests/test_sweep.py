@@ -69,6 +69,7 @@ def test_the_imagenet_table1_sweep_is_staged_for_every_launcher(tmp_path, checko
              and p.overrides["backbone"] == "resnet50"]
   assert [(p.init_from, p.overrides["input"], p.overrides["seed"]) for p in learned] == [
       (base, 448, s) for s in range(3)]
+  assert all(p.init_from == base.replace("resnet50", p.overrides["backbone"]) for p in table.points[4:])
   assert learned[0].arg == "backbone=resnet50,resizer=learned,input=448,target=224,finetune=true,seed=0"
   assert sweep.point_config(table, learned[0], workdir).init_from == f"{workdir}/{base}"
   assert sweep.point_config(table, learned[0]).optimizer.learning_rate == 0.005  # The fine-tune's.
