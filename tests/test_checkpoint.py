@@ -56,6 +56,30 @@ def test_a_checkpoint_written_on_8_devices_loads_in_a_1_device_process(bilinear_
   assert total == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_a_save_on_cpu_compiles_nothing_and_restores_the_same_values(data_dir, tmp_path):
+  """Orbax's replica-parallel saves would slice each replicated array per device, an eager compile
+  per shape (about 150 for the demo's state): on a CPU, where they split no real I/O, they are off."""
+  mesh = train.make_mesh()
+  rng = np.random.default_rng(0)
+  state = {f"w{i}": jax.device_put(rng.standard_normal(shape).astype(np.float32),
+                                   jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+           for i, shape in enumerate([(3, 3, 8, 16), (16,), (64, 4), (4, 4, 4)])}
+  compiles = []
+  listener = lambda event, secs, **_: compiles.append(event) if event.endswith("backend_compile_duration") else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    with checkpoint.manager(str(tmp_path), create=True) as mngr:
+      checkpoint.save(mngr, 1, state, demo_config(data_dir))
+      mngr.wait_until_finished()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles == []
+  step, restored, _ = checkpoint.load(str(tmp_path))
+  assert step == 1 and jax.tree.map(np.asarray, restored).keys() == state.keys()
+  for key, value in state.items():
+    np.testing.assert_array_equal(np.asarray(restored[key]), np.asarray(value))
+
+
 def test_warm_start_loads_exactly_the_backbone_and_leaves_the_resizer_fresh(bilinear_run, data_dir):
   config = demo_config(data_dir)
   fresh = fresh_state(config)
