@@ -12,6 +12,7 @@ one.
 """
 import functools
 import json
+import logging as std_logging
 import os
 
 from absl import logging
@@ -53,14 +54,17 @@ def _no_replica_parallel_saves_on_cpu():
   if jax.default_backend() != "cpu":
     return
   default = ocp.type_handlers.get_type_handler(jax.Array)
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)  # Orbax warns of any override, even a deliberate one.
+  # Orbax warns of any override, even a deliberate one. The logger's own level is put back as it
+  # was (often unset), not as the effective level absl's get_verbosity reports.
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(std_logging.ERROR)
   try:
     ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
         array_metadata_store=getattr(default, "_array_metadata_store", None),
         use_replica_parallel=False), override=True)
   finally:
-    logging.set_verbosity(verbosity)
+    absl_logger.setLevel(level)
 
 
 def manager(workdir: str, max_to_keep: int | None = None, create: bool = False):
