@@ -47,11 +47,13 @@ class NoReadableCheckpointError(ValueError):
 
 @functools.cache  # Once per process.
 def _no_replica_parallel_saves_on_cpu():
-  """On a CPU, Orbax's replica-parallel save slices every replicated array into one piece per
-  device and compiles an eager slice per shape: about 150 compiles, a third of a fresh process's
-  tiny demo run on 8 devices (35 -> 23 s), to split the writes among devices that share one
-  machine. The files are the same either way (Orbax turns it off on GPUs likewise)."""
-  if jax.default_backend() != "cpu":
+  """On a CPU in one process, Orbax's replica-parallel save slices every replicated array into one
+  piece per device and compiles an eager slice per shape: about 150 compiles, a third of a fresh
+  process's tiny demo run on 8 devices (35 -> 23 s), to split the writes among threads of one
+  process. The files are the same either way (Orbax turns it off on GPUs likewise). Several
+  processes keep Orbax's default: with it off there too, a two-process gloo run hung once in its
+  resumed run (tests/test_distributed.py; whether this was the cause is not known)."""
+  if jax.default_backend() != "cpu" or jax.process_count() > 1:
     return
   default = ocp.type_handlers.get_type_handler(jax.Array)
   # Orbax warns of any override, even a deliberate one. The logger's own level is put back as it
