@@ -25,8 +25,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def commands(args, main_args):
   port = args.port or _free_port()
-  env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={args.cpu_devices_per_process}"
-         } if args.cpu_devices_per_process else {}
+  env = {}
+  if args.cpu_devices_per_process:  # The user's other XLA flags (a dump, an option) kept.
+    count = "--xla_force_host_platform_device_count="
+    env["XLA_FLAGS"] = " ".join([f for f in os.environ.get("XLA_FLAGS", "").split()
+                                 if not f.startswith(count)] +
+                                [f"{count}{args.cpu_devices_per_process}"])
   return [(env, [sys.executable, "-m", "resizer_jax.main", f"--coordinator_address=127.0.0.1:{port}",
                  f"--num_processes={args.num_processes}", f"--process_id={i}", *main_args])
           for i in range(args.num_processes)]

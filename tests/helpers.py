@@ -17,6 +17,14 @@ from resizer_jax.config_args import load_config
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def one_device_env(**extra):
+  """This environment for a subprocess on one CPU device: conftest.py's other XLA flags kept."""
+  flags = os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8",
+                                          "--xla_force_host_platform_device_count=1")
+  assert flags != os.environ["XLA_FLAGS"], flags
+  return dict(os.environ, XLA_FLAGS=flags, **extra)
+
+
 def demo_config(data_dir, arg="tiny", **overrides):
   config = load_config(f"{REPO}/configs/demo.py:{arg}")
   config.data.data_dir = data_dir

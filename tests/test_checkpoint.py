@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import assert_same_training, demo_config, saved_state
+from helpers import assert_same_training, demo_config, one_device_env, saved_state
 from resizer_jax import checkpoint
 from resizer_jax import models
 from resizer_jax import train
@@ -46,7 +46,7 @@ def test_a_checkpoint_written_on_8_devices_loads_in_a_1_device_process(bilinear_
           "step, state, _ = checkpoint.load(sys.argv[1]); "
           "print(json.dumps([jax.device_count(), step, "
           "float(sum(np.abs(np.asarray(x)).sum() for x in jax.tree.leaves(state['params'])))]))")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = one_device_env()
   out = subprocess.run([sys.executable, "-c", code, bilinear_run], env=env, capture_output=True,
                        text=True, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]

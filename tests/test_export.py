@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import REPO
+from helpers import REPO, one_device_env
 import resizer_jax
 from resizer_jax import export
 
 BATCHES = (3, 2)  # Two sizes: one artifact answers both only if its batch dimension is symbolic.
-ONE_DEVICE = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+ONE_DEVICE = one_device_env()
 
 # Reads both artifacts of each export directory as a server would: nothing of this repository.
 SERVE = r"""

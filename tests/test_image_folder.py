@@ -1,7 +1,6 @@
 """`image_folder:PATH`: a folder of class sub-folders through the real builder, pipeline and CLI."""
 import hashlib
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -14,7 +13,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from helpers import REPO
+from helpers import REPO, one_device_env
 import resizer_jax
 from resizer_jax.data import demo
 from resizer_jax.data import image_folder
@@ -134,7 +133,7 @@ def test_a_changed_folder_is_refused_until_its_copy_is_deleted(prepared, tmp_pat
 
 def test_a_short_cli_run_trains_and_load_gives_the_class_names(prepared, tmp_path):
   root, data_dir, _ = prepared
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = one_device_env()
   out = subprocess.run(
       [sys.executable, "-m", "resizer_jax.main", "--config=configs/demo.py:tiny,input=32,target=8",
        f"--config.data.name=image_folder:{root}", f"--config.data.data_dir={data_dir}",

@@ -393,10 +393,14 @@ def test_dry_runs_print_what_they_would_run_and_run_nothing(checkout, env, tmp_p
   jax_pin = re.search(r'"jax==([0-9.]+)"', (checkout / "pyproject.toml").read_text()).group(1)
   dry = lambda *cmd: run([*cmd, *MAIN_ARGS.split(), "--dry-run"], env, checkout).stdout.splitlines()
 
-  out = dry(sys.executable, "launch/local.py", "--num_processes=2", "--cpu_devices_per_process=4",
-            "--port=1234")
+  # The user's own XLA flags are kept; only the device count is the launcher's.
+  own, count = "--xla_backend_optimization_level=0", "--xla_force_host_platform_device_count="
+  out = run([sys.executable, "launch/local.py", "--num_processes=2", "--cpu_devices_per_process=4",
+             "--port=1234", *MAIN_ARGS.split(), "--dry-run"],
+            dict(env, XLA_FLAGS=f"{own} {count}8"), checkout).stdout.splitlines()
   for i in (0, 1):
-    assert (f"XLA_FLAGS=--xla_force_host_platform_device_count=4 {sys.executable} -m "
+    assert (f"XLA_FLAGS='{own} {count}4' "
+            f"{sys.executable} -m "
             f"resizer_jax.main --coordinator_address=127.0.0.1:1234 --num_processes=2 "
             f"--process_id={i} {MAIN_ARGS}") in out
 

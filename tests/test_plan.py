@@ -1,13 +1,12 @@
 """The run plan: batch, learning rate and steps follow the hardware; what cannot run says why."""
 import json
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, one_device_env
 from resizer_jax import plan
 from resizer_jax.config_args import load_config
 
@@ -24,8 +23,7 @@ def imagenet_plan(arg="input=448", devices=16, processes=4, **overrides):
 
 
 def run_plan(*args, data_dir="/nonexistent"):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             TFDS_DATA_DIR=data_dir)
+  env = one_device_env(TFDS_DATA_DIR=data_dir)
   return subprocess.run([sys.executable, "-m", "resizer_jax.main", "--plan", *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300, check=False)
 

@@ -7,15 +7,14 @@ import sys
 import jax
 import pytest
 
-from helpers import REPO
+from helpers import REPO, one_device_env
 from resizer_jax import checkpoint
 from resizer_jax import config_args
 from resizer_jax import preflight
 
 
 def plan_command(*args, data_dir):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             TFDS_DATA_DIR=str(data_dir))
+  env = one_device_env(TFDS_DATA_DIR=str(data_dir))
   return subprocess.run([sys.executable, "-m", "resizer_jax.main", "--plan", *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300, check=False)
 

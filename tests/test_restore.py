@@ -1,6 +1,5 @@
 """`resizer_jax.load`: a run restored from its workdir alone, on another device count."""
 import json
-import os
 import subprocess
 import sys
 
@@ -8,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, demo_config
+from helpers import REPO, demo_config, one_device_env
 import resizer_jax
 from resizer_jax import checkpoint
 from resizer_jax import models
@@ -102,7 +101,7 @@ def test_a_run_trained_on_8_devices_loads_in_a_1_device_process(learned_run, tmp
   code = ("import json, sys, numpy as np, jax, resizer_jax; run = resizer_jax.load(sys.argv[1]); "
           "x = np.load(sys.argv[2]); print(json.dumps([jax.device_count(), run.step, "
           "run.resize(x, preprocess=None).tolist(), run.predict(x, preprocess=None).tolist()]))")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = one_device_env()
   out = subprocess.run([sys.executable, "-c", code, workdir, str(tmp_path / "images.npy")],
                        env=env, capture_output=True, text=True, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -121,8 +120,7 @@ def test_the_example_notebook_executes_on_one_cpu(learned_run, tmp_path):
   script.write_text("import matplotlib\nmatplotlib.use('Agg')\n" +
                     "\n\n".join("".join(c["source"]) for c in cells) +
                     "\nprint('SHAPE', small.shape, 'LOGITS', logits.shape)\n")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             RESIZER_WORKDIR=learned_run[0])
+  env = one_device_env(RESIZER_WORKDIR=learned_run[0])
   out = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]

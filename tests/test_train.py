@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from helpers import REPO, assert_same_training, assert_trees_close, demo_config, metrics_lines, saved_state
+from helpers import (REPO, assert_same_training, assert_trees_close, demo_config, metrics_lines,
+                     one_device_env, saved_state)
 from resizer_jax import pictures
 from resizer_jax import train
 from resizer_jax.data import input_pipeline
@@ -53,7 +54,7 @@ def test_tiny_demo_trains_on_8_devices_and_loss_falls(tiny_run):
 
 def test_one_device_cli_run_ends_with_the_same_parameters(tiny_run, data_dir, tmp_path):
   """`python -m resizer_jax.main` on 1 device == the same steps sharded over 8 devices."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = one_device_env()
   out = subprocess.run(
       [sys.executable, "-m", "resizer_jax.main", "--config=configs/demo.py:tiny",
        f"--config.data.data_dir={data_dir}", f"--workdir={tmp_path}"],
@@ -97,8 +98,7 @@ def test_one_device_cli_run_ends_with_the_same_parameters(tiny_run, data_dir, tm
 
 
 def test_a_missing_dataset_is_one_line_on_stderr_and_verbosity_shows_the_traceback(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             TFDS_DATA_DIR=str(tmp_path / "tfds"))
+  env = one_device_env(TFDS_DATA_DIR=str(tmp_path / "tfds"))
   cmd = [sys.executable, "-m", "resizer_jax.main", "--config=configs/imagenet.py",
          f"--workdir={tmp_path / 'run'}"]
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
