@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from helpers import one_device_env
 from resizer_jax import sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -25,8 +26,7 @@ def test_the_tiny_table1_sweep_killed_and_rerun_trains_each_point_once(fake_imag
          f"--config.data.data_dir={fake_imagenet['data_dir']}",
          f"--config.data.manual_dir={fake_imagenet['manual_dir']}"]
   # One CPU device (the suite's 8 simulated ones are not the point here): the programs compile faster.
-  env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(
-      "--xla_force_host_platform_device_count=8", "")}
+  env = one_device_env()
   points = sweep.load(config).points
   assert [p.stage for p in points] == [0] + [1] * 4
 
